@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Quiet TensorFlow's C++ start-up chatter; it hides real test output.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-tf test-jax lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev,jax]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/losskit run all
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+test-tf: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)
+
+test-jax: install
+	KERAS_BACKEND=jax $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint test-tf test-jax
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache runs

@@ -1,0 +1,9 @@
+"""losskit: custom loss functions as first-class citizens in Keras 3."""
+
+from losskit import metrics
+from losskit.loss import FunctionLoss, loss
+from losskit.metric import FunctionMetric, metric
+
+__version__ = "0.1.0"
+
+__all__ = ["FunctionLoss", "FunctionMetric", "loss", "metric", "metrics"]

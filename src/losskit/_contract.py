@@ -1,0 +1,83 @@
+"""Guards for the per-sample loss contract: dtype, shape alignment, per-sample output.
+
+Every check reads static shapes and dtypes only, so it runs once at trace time and costs nothing
+inside a compiled graph.
+"""
+
+import numpy as np
+from keras import backend, ops
+
+
+def _dtype_of(x):
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    return backend.standardize_dtype(dtype)
+
+
+def is_floating(x):
+    return "float" in _dtype_of(x)
+
+
+def check_floating(owner, x, what="y_pred"):
+    """Refuses integer/bool predictions instead of silently casting them to float."""
+    if not is_floating(x):
+        raise ValueError(
+            f"{owner}: {what} must be a floating-point tensor (probabilities, logits or values), "
+            f"got dtype {_dtype_of(x)}. Cast it with keras.ops.cast(x, 'float32') if that is "
+            "really what you mean."
+        )
+
+
+def _shape(x):
+    return tuple(x.shape)
+
+
+def _compatible(a, b):
+    return len(a) == len(b) and all(p is None or q is None or p == q for p, q in zip(a, b))
+
+
+def align(owner, y_true, y_pred, sparse_labels=False):
+    """Aligns `y_true` with `y_pred` the way Keras losses do, but refuses to broadcast.
+
+    Dense losses: `(N,)` against `(N, 1)` (either way round) gets a trailing axis; any other
+    mismatch raises. Sparse losses (integer class indices): `y_true` must have the shape of
+    `y_pred` without its class axis, and a trailing axis of 1 on `y_true` is dropped.
+    """
+    t, p = _shape(y_true), _shape(y_pred)
+    if sparse_labels:
+        if len(t) == len(p) and t and t[-1] == 1:
+            y_true = ops.squeeze(y_true, axis=-1)
+        if not _compatible(_shape(y_true), p[:-1]):
+            raise ValueError(
+                f"{owner}: labels of shape {t} do not match predictions of shape {p}; "
+                f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
+            )
+        return y_true, y_pred
+    if len(p) == len(t) + 1 and p[-1] == 1:
+        y_true = ops.expand_dims(y_true, -1)
+    elif len(t) == len(p) + 1 and t[-1] == 1:
+        y_pred = ops.expand_dims(y_pred, -1)
+    if not _compatible(_shape(y_true), _shape(y_pred)):
+        raise ValueError(
+            f"{owner}: y_true of shape {t} and y_pred of shape {p} are incompatible. "
+            "They must have the same shape (a trailing axis of size 1 on either side is aligned); "
+            "losskit never broadcasts them against each other."
+        )
+    return y_true, y_pred
+
+
+def check_per_sample(owner, values, batch_size=None):
+    """The function must keep the batch axis, so reductions and distribution scale correctly."""
+    shape = _shape(values)
+    if len(shape) == 0:
+        raise ValueError(
+            f"{owner}: the function returned a scalar, but a losskit loss must return one value "
+            "per sample (leading axis = batch), e.g. keras.ops.mean(err, axis=-1) instead of "
+            "keras.ops.mean(err). Reduction is applied afterwards by Keras rules."
+        )
+    if batch_size is not None and shape[0] is not None and shape[0] != batch_size:
+        raise ValueError(
+            f"{owner}: the function returned values of shape {shape}, but the batch has "
+            f"{batch_size} samples; the leading axis of the output must be the batch."
+        )

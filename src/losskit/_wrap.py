@@ -1,0 +1,100 @@
+"""Shared machinery of `@losskit.loss` and `@losskit.metric`: a function's keyword parameters
+become a registered Keras class's constructor arguments and config."""
+
+import inspect
+import types
+
+import keras
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _is_lambda(obj):
+    return callable(obj) and getattr(obj, "__name__", "") == "<lambda>"
+
+
+def keyword_parameters(fn, kind, reserved):
+    """Returns the defaults of `fn(y_true, y_pred, k=default, ...)`'s keyword parameters."""
+    if not callable(fn):
+        raise TypeError(f"@losskit.{kind} decorates a function, got {fn!r}")
+    if _is_lambda(fn):
+        raise ValueError(
+            f"@losskit.{kind} cannot make a saveable {kind} from a lambda: it has no name to "
+            "register and Keras refuses to load lambdas in safe mode. Define it with "
+            f"`def my_{kind}(y_true, y_pred, ...)` instead."
+        )
+    params = list(inspect.signature(fn).parameters.values())
+    required = [p for p in params if p.default is inspect.Parameter.empty]
+    if len(params) < 2 or params[:2] != required or any(p.kind not in _NAMED for p in params):
+        raise TypeError(
+            f"@losskit.{kind} '{fn.__name__}': the function must take exactly two tensors "
+            "(y_true, y_pred) followed by named parameters with defaults, e.g. "
+            f"`def huber(y_true, y_pred, delta=1.0)`; got {fn.__name__}{inspect.signature(fn)}"
+        )
+    defaults = {p.name: p.default for p in params[2:]}
+    clash = sorted(set(defaults) & set(reserved))
+    if clash:
+        raise TypeError(
+            f"@losskit.{kind} '{fn.__name__}': parameter name(s) {clash} are reserved by Keras "
+            f"({', '.join(reserved)}); rename them."
+        )
+    return defaults
+
+
+def make_class(fn, base, kind, package, name):
+    """Creates `base` subclass `name` wrapping `fn` and registers it as `package>name`."""
+    reserved = base.base_parameters
+    defaults = keyword_parameters(fn, kind, reserved)
+    class_name = name or fn.__name__
+    cls = type(
+        class_name,
+        (base,),
+        {
+            "fn": staticmethod(fn),
+            "defaults": types.MappingProxyType(defaults),
+            "__doc__": fn.__doc__,
+            "__module__": fn.__module__,
+            "__qualname__": class_name,
+        },
+    )
+    # So that help() and IDEs show the real constructor arguments.
+    cls.__signature__ = inspect.Signature(
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+        for k, v in {**defaults, **reserved}.items()
+    )
+    return keras.saving.register_keras_serializable(package=package, name=class_name)(cls)
+
+
+def bind_parameters(cls, args, params):
+    """Validates constructor arguments against the wrapped function's keyword parameters."""
+    if args:
+        example = ", ".join(f"{k}=..." for k in cls.defaults)
+        raise TypeError(
+            f"{cls.__name__} is a Keras class made by losskit: construct it with keyword "
+            f"parameters, {cls.__name__}({example}), then call the instance on tensors; "
+            f"{cls.__name__}.fn is the plain function."
+        )
+    unknown = sorted(set(params) - set(cls.defaults))
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}: unknown parameter(s) {unknown}; it takes "
+            f"{list(cls.defaults) + list(cls.base_parameters)}."
+        )
+    for key, value in params.items():
+        if _is_lambda(value):
+            raise ValueError(
+                f"{cls.__name__}: parameter '{key}' is a lambda, which cannot be saved and "
+                "reloaded in safe mode; pass a named function registered with "
+                "@keras.saving.register_keras_serializable()."
+            )
+    return {**cls.defaults, **params}
+
+
+class ParametersMixin:
+    """Exposes the wrapped function's parameters as read-only attributes (`loss.delta`)."""
+
+    def __getattr__(self, key):
+        params = self.__dict__.get("params")
+        if params is not None and key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")

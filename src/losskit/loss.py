@@ -1,0 +1,90 @@
+"""`@losskit.loss`: a per-sample function with parameters becomes a serializable Keras Loss."""
+
+import keras
+from keras import ops
+from keras.src.backend import get_keras_mask  # not exported; same helper Keras losses use
+from keras.src.losses.loss import reduce_weighted_values
+
+from losskit import _contract, _wrap
+
+
+class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
+    """Base class of every Loss made by `@losskit.loss`.
+
+    Subclasses carry `fn` (the per-sample function) and `defaults` (its keyword parameters).
+    `__call__` follows `keras.losses.Loss.__call__` (masks, sample weights, reductions, float32
+    compute under mixed precision) and adds the contract guards of `losskit._contract`.
+    """
+
+    base_parameters = {"name": None, "reduction": "sum_over_batch_size", "dtype": None}
+    sparse_labels = False
+
+    def __init__(self, *args, name=None, reduction="sum_over_batch_size", dtype=None, **params):
+        self.params = _wrap.bind_parameters(type(self), args, params)
+        super().__init__(name=name or type(self).__name__, reduction=reduction, dtype=dtype)
+
+    @property
+    def _owner(self):
+        return f"loss '{self.name}'"
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        _contract.check_floating(self._owner, y_pred)
+        in_mask = get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            label_dtype = None if self.sparse_labels else self.dtype
+            y_true = ops.convert_to_tensor(y_true, dtype=label_dtype)
+            losses = self.call(y_true, y_pred)
+            out_mask = get_keras_mask(losses)
+            masks = [m for m in (in_mask, out_mask) if m is not None]
+            mask = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)
+            return reduce_weighted_values(
+                losses,
+                sample_weight=sample_weight,
+                mask=mask,
+                reduction=self.reduction,
+                dtype=self.dtype,
+            )
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = _contract.align(self._owner, y_true, y_pred, self.sparse_labels)
+        values = self.fn(y_true, y_pred, **self.params)
+        _contract.check_per_sample(self._owner, values, y_pred.shape[0])
+        return values
+
+    def get_config(self):
+        return {**super().get_config(), "dtype": self._dtype_policy.name, **self.params}
+
+
+def loss(fn=None, *, package="losskit", name=None, sparse_labels=False):
+    """Turns a per-sample loss function into a registered, serializable `keras.losses.Loss` class.
+
+    ```python
+    @losskit.loss
+    def huber(y_true, y_pred, delta=1.0):
+        err = keras.ops.abs(y_true - y_pred)
+        quad = keras.ops.minimum(err, delta)
+        return keras.ops.mean(0.5 * quad**2 + delta * (err - quad), axis=-1)
+
+    model.compile(optimizer="adam", loss=huber(delta=2.0))
+    ```
+
+    The function takes `(y_true, y_pred)` then keyword parameters with defaults, and returns one
+    value per sample (leading axis = batch). The decorated name becomes a `Loss` subclass whose
+    constructor takes those parameters plus `name`, `reduction`, `dtype`; every parameter is in
+    `get_config()`, so `model.save()` / `keras.saving.load_model()` (safe mode, no
+    `custom_objects`) keep them. The class is registered as `"{package}>{name}"`; `.fn` is the
+    undecorated function.
+
+    Args:
+        fn: the per-sample function.
+        package: registration package (default `"losskit"`).
+        name: class and registration name (default: the function's name).
+        sparse_labels: `y_true` holds integer class indices of shape `y_pred.shape[:-1]`; they
+            keep their integer dtype instead of being cast to float.
+    """
+    if fn is None:
+        return lambda f: loss(f, package=package, name=name, sparse_labels=sparse_labels)
+    cls = _wrap.make_class(fn, FunctionLoss, "loss", package, name)
+    cls.sparse_labels = sparse_labels
+    return cls

@@ -1,0 +1,42 @@
+"""Runnable recipes: classic custom-loss workflows reproduced on real data.
+
+Each recipe is one module exposing
+
+- `NAME` (the command-line name, e.g. ``"airfoil-huber"``), `SUMMARY` (one line), and
+- `run(config: RecipeConfig) -> dict`, which trains, writes its PNG plots into `config.out_dir`
+  and returns the JSON-able result: ``{"config": ..., "seeds": [...], "metrics": {arm: {metric:
+  {"mean", "std", "values"}}}, "history": {...}, "plots": [file names], "notes": [...]}``.
+
+`losskit.report` adds the recipe name, wall time and library versions, writes
+``OUT/NAME/result.json`` and the ``OUT/index.html`` page.
+"""
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+# Command-line name -> module; order is the order of `losskit list` and `losskit run all`.
+RECIPES = {
+    "airfoil-huber": "losskit.recipes.airfoil_huber",
+    "credit-custom-gradient": "losskit.recipes.credit_custom_gradient",
+    "cancer-distillation": "losskit.recipes.cancer_distillation",
+    "image-cross-entropy": "losskit.recipes.image_cross_entropy",
+    "vae-annealing": "losskit.recipes.vae_annealing",
+}
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    out_dir: Path
+    quick: bool = False
+    seeds: int | None = None  # None: the recipe's default (smaller in quick mode)
+    epochs: int | None = None  # None: the recipe's default (smaller in quick mode)
+    verbose: int = 1  # Keras fit verbosity: 1 shows Keras's own progress bar
+    options: dict = dataclasses.field(default_factory=dict)  # recipe-specific, e.g. dataset
+
+
+def load(name):
+    """Imports the recipe module for a command-line name."""
+    if name not in RECIPES:
+        raise KeyError(name)
+    return importlib.import_module(RECIPES[name])
