@@ -40,8 +40,8 @@ def _compatible(a, b):
 def align(owner, y_true, y_pred, sparse_labels=False):
     """Aligns `y_true` with `y_pred` the way Keras losses do, but refuses to broadcast.
 
-    Dense losses: `(N,)` against `(N, 1)` (either way round) gets a trailing axis; any other
-    mismatch raises. Sparse losses (integer class indices): `y_true` must have the shape of
+    Dense losses: `(N,)` against `(N, 1)` (either way round), or two `(N,)` vectors, get a
+    trailing axis so that axis -1 is the output axis; any other mismatch raises. Sparse losses (integer class indices): `y_true` must have the shape of
     `y_pred` without its class axis, and a trailing axis of 1 on `y_true` is dropped.
     """
     t, p = _shape(y_true), _shape(y_pred)
@@ -54,7 +54,11 @@ def align(owner, y_true, y_pred, sparse_labels=False):
                 f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
             )
         return y_true, y_pred
-    if len(p) == len(t) + 1 and p[-1] == 1:
+    if len(p) == len(t) == 1:
+        # A vector is one scalar output per sample; without the trailing axis a function that
+        # averages over axis -1 would average over the batch.
+        y_true, y_pred = ops.expand_dims(y_true, -1), ops.expand_dims(y_pred, -1)
+    elif len(p) == len(t) + 1 and p[-1] == 1:
         y_true = ops.expand_dims(y_true, -1)
     elif len(t) == len(p) + 1 and t[-1] == 1:
         y_pred = ops.expand_dims(y_pred, -1)
@@ -72,7 +76,7 @@ def check_per_sample(owner, values, batch_size=None):
     shape = _shape(values)
     if len(shape) == 0:
         raise ValueError(
-            f"{owner}: the function returned a scalar, but a losskit loss must return one value "
+            f"{owner}: the function returned a scalar, but it must return one value "
             "per sample (leading axis = batch), e.g. keras.ops.mean(err, axis=-1) instead of "
             "keras.ops.mean(err). Reduction is applied afterwards by Keras rules."
         )
