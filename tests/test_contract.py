@@ -44,7 +44,7 @@ def test_incompatible_shapes_name_the_loss_and_both_shapes():
 
 def test_scalar_return_is_refused_with_the_loss_name():
     flat, column = _columns()
-    with pytest.raises(ValueError, match=r"loss 'scalar_mse'.*returned a scalar.*one value per sample"):
+    with pytest.raises(ValueError, match=r"'scalar_mse'.*returned a scalar.*one value per sample"):
         scalar_mse()(flat, column)
 
 

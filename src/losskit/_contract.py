@@ -41,8 +41,9 @@ def align(owner, y_true, y_pred, sparse_labels=False):
     """Aligns `y_true` with `y_pred` the way Keras losses do, but refuses to broadcast.
 
     Dense losses: `(N,)` against `(N, 1)` (either way round), or two `(N,)` vectors, get a
-    trailing axis so that axis -1 is the output axis; any other mismatch raises. Sparse losses (integer class indices): `y_true` must have the shape of
-    `y_pred` without its class axis, and a trailing axis of 1 on `y_true` is dropped.
+    trailing axis so that axis -1 is the output axis; any other mismatch raises. Sparse losses
+    (integer class indices): `y_true` must have the shape of `y_pred` without its class axis, and
+    a trailing axis of 1 on `y_true` is dropped.
     """
     t, p = _shape(y_true), _shape(y_pred)
     if sparse_labels:

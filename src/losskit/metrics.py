@@ -1,4 +1,4 @@
-"""The metric library. Each metric is a `@losskit.metric` class: construct it with its parameters."""
+"""The metric library. Each metric is a `@losskit.metric` class: construct it with parameters."""
 
 from keras import ops
 
