@@ -1,9 +1,19 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import metrics
+from losskit import gradients, metrics
+from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
 
 __version__ = "0.1.0"
 
-__all__ = ["FunctionLoss", "FunctionMetric", "loss", "metric", "metrics"]
+__all__ = [
+    "FunctionLoss",
+    "FunctionMetric",
+    "check_gradients",
+    "custom_gradient",
+    "gradients",
+    "loss",
+    "metric",
+    "metrics",
+]
