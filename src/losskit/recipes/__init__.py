@@ -43,3 +43,27 @@ def load(name):
     if name not in RECIPES:
         raise KeyError(name)
     return importlib.import_module(RECIPES[name])
+
+
+class RecipeError(ValueError):
+    """A bad recipe setting (unknown dataset, out-of-range option, ...).
+
+    The command line prints its message without a traceback and exits non-zero.
+    """
+
+
+def options_for(module, options, strict=True):
+    """The recipe's options: its `OPTIONS` defaults (an optional module-level dict) updated by the
+    user's `options`. With `strict`, a key the recipe does not declare raises `RecipeError`; without
+    it (``losskit run all``) such keys are dropped. Recipes without `OPTIONS` get `options` as is.
+    """
+    declared = getattr(module, "OPTIONS", None)
+    if declared is None:
+        return dict(options)
+    unknown = sorted(set(options) - set(declared))
+    if unknown and strict:
+        known = ", ".join(sorted(declared)) or "none"
+        raise RecipeError(
+            f"{module.NAME}: unknown option(s) {', '.join(unknown)}; this recipe takes: {known}"
+        )
+    return {**declared, **{k: v for k, v in options.items() if k in declared}}
