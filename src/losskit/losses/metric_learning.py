@@ -1,0 +1,335 @@
+r"""Metric-learning losses: `contrastive`, `triplet`, `info_nce` (NT-Xent) and `supcon`.
+
+Input convention (all four): ``labels`` of shape ``(N,)`` (integer or float class ids; samples
+with equal labels are positives of each other, a sample is never its own positive) and
+``embeddings`` of shape ``(N, D)``. Each function returns **one value per anchor**, shape
+``(N,)``; an anchor with no positive (or, for triplets, no negative) contributes 0.
+
+For NT-Xent / SimCLR with two augmented views of ``M`` images, concatenate the views and give both
+copies of image ``k`` the label ``k``::
+
+    embeddings = concatenate([z_view1, z_view2])        # (2M, D)
+    labels = concatenate([arange(M), arange(M)])        # (2M,)
+
+The losses are composed from small parts, as in pytorch-metric-learning: a pairwise
+similarity/distance helper, label masks, miners (`hardest_positive_negative`,
+`semi_hard_negatives`) and a row-block driver. With ``block_size=b`` the ``N x N`` matrix is
+never formed: anchors are processed ``b`` rows at a time (`keras.ops.map` over row blocks), so the
+forward pass holds ``b x N`` pairwise values at a time; the result equals the unblocked one.
+(The backward pass keeps what autodiff of the loop keeps.)
+
+The Loss classes (`Contrastive`, `Triplet`, `InfoNCE`, `SupCon`) take ``y_true = labels`` and
+``y_pred = embeddings``; labels keep their integer dtype (``sparse_labels`` contract: ``y_true``
+has the shape of ``y_pred`` without its last axis).
+"""
+
+import keras
+from keras import ops
+
+from losskit.loss import loss
+
+_PACKAGE = "losskit.losses"
+_MINING = ("batch_hard", "semi_hard")
+
+
+# --------------------------------------------------------------------------- small parts
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """``x / max(||x||, epsilon)`` along ``axis`` (finite gradient at ``x = 0``)."""
+    sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(sq, epsilon**2))
+
+
+def pairwise_similarity(a, b):
+    """Dot-product similarities ``a @ b.T``: shape ``(len(a), len(b))``."""
+    return ops.matmul(a, ops.transpose(b))
+
+
+def pairwise_squared_distance(a, b):
+    r"""Squared Euclidean distances :math:`\|a_i - b_j\|^2`, clipped at 0 (round-off)."""
+    a2 = ops.sum(ops.square(a), axis=-1, keepdims=True)
+    b2 = ops.sum(ops.square(b), axis=-1, keepdims=True)
+    return ops.maximum(a2 + ops.transpose(b2) - 2.0 * pairwise_similarity(a, b), 0.0)
+
+
+def safe_sqrt(x, epsilon=1e-12):
+    """``sqrt(x)`` with gradient 0 (not inf/NaN) where ``x <= epsilon``."""
+    positive = x > epsilon
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, 1.0)), 0.0)
+
+
+def pairwise_distance(a, b, squared=False):
+    """Euclidean (or squared Euclidean) distances between the rows of ``a`` and ``b``."""
+    d2 = pairwise_squared_distance(a, b)
+    return d2 if squared else safe_sqrt(d2)
+
+
+def label_masks(anchor_labels, anchor_index, labels):
+    """Boolean ``(positive, negative)`` masks of shape ``(len(anchor_labels), len(labels))``.
+
+    ``positive[i, j]``: same label and ``j`` is not the anchor itself; ``negative[i, j]``:
+    different label.
+    """
+    same = ops.expand_dims(anchor_labels, 1) == ops.expand_dims(labels, 0)
+    other = ops.expand_dims(anchor_index, 1) != ops.expand_dims(
+        ops.arange(ops.shape(labels)[0], dtype=anchor_index.dtype), 0
+    )
+    return ops.logical_and(same, other), ops.logical_not(same)
+
+
+def masked_logsumexp(logits, mask, axis=-1):
+    """``log sum_{mask} exp(logits)`` along ``axis``, stable; 0 where the mask is empty."""
+    any_ = ops.any(mask, axis=axis)
+    low = ops.min(logits, axis=axis, keepdims=True)
+    peak = ops.stop_gradient(ops.max(ops.where(mask, logits, low), axis=axis, keepdims=True))
+    shifted = ops.where(mask, logits - peak, -1e4)  # exp(-1e4) == 0, and its gradient is 0
+    total = ops.sum(ops.where(mask, ops.exp(shifted), 0.0), axis=axis)
+    lse = ops.squeeze(peak, axis) + ops.log(ops.where(any_, total, 1.0))
+    return ops.where(any_, lse, 0.0)
+
+
+def masked_mean(values, mask, axis=-1):
+    """Mean of ``values`` over ``mask`` along ``axis``; 0 where the mask is empty."""
+    mask_f = ops.cast(mask, values.dtype)
+    count = ops.sum(mask_f, axis=axis)
+    return ops.sum(ops.where(mask, values, 0.0), axis=axis) / ops.maximum(count, 1.0)
+
+
+def hardest_positive_negative(distances, positive, negative):
+    """Batch-hard miner (Hermans et al. 2017): farthest positive and closest negative per row.
+
+    Returns ``(d_pos, d_neg, valid)``; ``valid`` is False for rows without positive or negative.
+    """
+    has_pos, has_neg = ops.any(positive, axis=-1), ops.any(negative, axis=-1)
+    d_pos = ops.max(ops.where(positive, distances, 0.0), axis=-1)  # distances are >= 0
+    far = ops.stop_gradient(ops.max(distances)) + 1.0
+    d_neg = ops.min(ops.where(negative, distances, far), axis=-1)
+    return d_pos, d_neg, ops.logical_and(has_pos, has_neg)
+
+
+def _searchsorted_rows(sorted_rows, values):
+    """Row-wise ``searchsorted(side="right")`` (counts of ``sorted_rows[i] <= values[i, j]``)."""
+    return ops.vectorized_map(
+        lambda rv: ops.searchsorted(rv[0], rv[1], side="right"), (sorted_rows, values)
+    )
+
+
+def semi_hard_negatives(distances, negative):
+    """Semi-hard miner (Schroff et al. 2015, as in `tfa.losses.triplet_semihard_loss`).
+
+    For each anchor row ``i`` and each column ``j`` taken as its positive, returns the distance
+    to the closest negative **farther** than ``distances[i, j]``; if the anchor has no such
+    negative, its farthest negative. Shape of ``distances``; ``O(rows x N)`` memory (row-wise
+    sort + binary search, no ``N x N x N`` comparison).
+    """
+    n = ops.shape(distances)[-1]
+    fixed = ops.stop_gradient(distances)
+    keys = ops.where(negative, fixed, float("inf"))
+    order = ops.argsort(keys, axis=-1)
+    sorted_keys = ops.take_along_axis(keys, order, axis=-1)
+    count = ops.cast(_searchsorted_rows(sorted_keys, fixed), "int32")
+    n_neg = ops.sum(ops.cast(negative, "int32"), axis=-1, keepdims=True)
+    outside = count < n_neg
+    pick = ops.take_along_axis(order, ops.minimum(count, n - 1), axis=-1)
+    d_outside = ops.take_along_axis(distances, pick, axis=-1)
+    d_inside = ops.max(ops.where(negative, distances, 0.0), axis=-1, keepdims=True)
+    return ops.where(outside, d_outside, d_inside)
+
+
+def per_anchor(row_fn, labels, embeddings, block_size=None):
+    """Applies ``row_fn(anchor_index, anchor_embeddings, anchor_labels) -> (rows,)`` to all anchors.
+
+    With ``block_size`` set and more than ``block_size`` anchors, runs over row blocks with
+    `keras.ops.map`, so only ``block_size x N`` pairwise values exist at a time; the last block is
+    padded by repeating the last anchor, and the padding is dropped.
+    """
+    n = ops.shape(embeddings)[0]
+    static_n = n if isinstance(n, int) else None
+    if block_size is None or (static_n is not None and static_n <= block_size):
+        return row_fn(ops.arange(n, dtype="int32"), embeddings, labels)
+    block_size = int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size}")
+    n_blocks = (n + block_size - 1) // block_size
+    index = ops.minimum(ops.arange(n_blocks * block_size, dtype="int32"), n - 1)
+    index = ops.reshape(index, (-1, block_size))
+
+    def block(i):
+        return row_fn(i, ops.take(embeddings, i, axis=0), ops.take(labels, i, axis=0))
+
+    return ops.reshape(ops.map(block, index), (-1,))[:n]
+
+
+def _check_inputs(name, labels, embeddings):
+    if len(embeddings.shape) != 2:
+        raise ValueError(
+            f"{name}: embeddings must have shape (N, D), got {tuple(embeddings.shape)}; "
+            "labels must have shape (N,)."
+        )
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, -1)
+    if len(labels.shape) != 1:
+        raise ValueError(f"{name}: labels must have shape (N,), got {tuple(labels.shape)}.")
+    return labels
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def contrastive(labels, embeddings, margin=1.0, block_size=None):
+    r"""Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006), over all pairs of the batch.
+
+    With Euclidean distance :math:`d_{ij} = \|x_i - x_j\|` and :math:`y_{ij} = [l_i = l_j]`,
+    the value of anchor :math:`i` is the mean over all :math:`j \ne i` of
+
+    .. math:: \tfrac12\, y_{ij}\, d_{ij}^2 + \tfrac12\,(1 - y_{ij}) \max(0, m - d_{ij})^2 .
+
+    Non-negative. Shape ``(N,)``; 0 for a batch of one.
+
+    Reference: R. Hadsell, S. Chopra, Y. LeCun, "Dimensionality Reduction by Learning an
+    Invariant Mapping", CVPR 2006.
+    """
+    labels = _check_inputs("contrastive", labels, embeddings)
+
+    def rows(index, anchors, anchor_labels):
+        positive, negative = label_masks(anchor_labels, index, labels)
+        d2 = pairwise_squared_distance(anchors, embeddings)
+        pull = 0.5 * d2
+        push = 0.5 * ops.square(ops.relu(margin - safe_sqrt(d2)))
+        pair = ops.where(positive, pull, ops.where(negative, push, 0.0))
+        return masked_mean(pair, ops.logical_or(positive, negative))
+
+    return per_anchor(rows, labels, embeddings, block_size)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def triplet(labels, embeddings, margin=1.0, mining="batch_hard", squared=False, block_size=None):
+    r"""Triplet margin loss with online mining inside the batch.
+
+    :math:`\ell(a, p, n) = \max(0,\ m + d(a, p) - d(a, n))`, :math:`d` Euclidean (squared with
+    ``squared=True``, as in Schroff et al.).
+
+    - ``mining="batch_hard"`` (Hermans, Beyer & Leibe 2017): per anchor,
+      :math:`\max(0, m + \max_{p} d(a,p) - \min_{n} d(a,n))`.
+    - ``mining="semi_hard"`` (Schroff, Kalenichenko & Philbin 2015; the rule of
+      `tfa.losses.triplet_semihard_loss`): for every positive ``p`` of the anchor, the negative is
+      the closest one with :math:`d(a,n) > d(a,p)`, or the farthest negative if there is none;
+      the anchor's value is the mean over its positives.
+
+    Non-negative. Shape ``(N,)``; 0 for anchors without a positive or without a negative.
+
+    References: F. Schroff et al., "FaceNet", CVPR 2015; A. Hermans et al., "In Defense of the
+    Triplet Loss for Person Re-Identification", arXiv:1703.07737.
+    """
+    if mining not in _MINING:
+        raise ValueError(f"triplet: mining must be one of {_MINING}, got {mining!r}")
+    labels = _check_inputs("triplet", labels, embeddings)
+
+    def rows(index, anchors, anchor_labels):
+        positive, negative = label_masks(anchor_labels, index, labels)
+        d = pairwise_distance(anchors, embeddings, squared=squared)
+        if mining == "batch_hard":
+            d_pos, d_neg, valid = hardest_positive_negative(d, positive, negative)
+            return ops.where(valid, ops.relu(margin + d_pos - d_neg), 0.0)
+        d_neg = semi_hard_negatives(d, negative)
+        has_neg = ops.any(negative, axis=-1, keepdims=True)
+        return masked_mean(ops.relu(margin + d - d_neg), ops.logical_and(positive, has_neg))
+
+    return per_anchor(rows, labels, embeddings, block_size)
+
+
+def _similarity_logits(embeddings, temperature, normalize):
+    if normalize:
+        embeddings = l2_normalize(embeddings)
+    return embeddings, 1.0 / temperature
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
+    r"""InfoNCE / NT-Xent (Oord et al. 2018; Chen et al. 2020, SimCLR).
+
+    With :math:`s_{ij} = z_i \cdot z_j / \tau` (:math:`z` L2-normalised when ``normalize``),
+    positives :math:`P(i) = \{j \ne i: l_j = l_i\}` and :math:`A(i) = \{a \ne i\}`:
+
+    .. math:: \ell_i = -\log \frac{\sum_{p \in P(i)} e^{s_{ip}}}{\sum_{a \in A(i)} e^{s_{ia}}} .
+
+    With exactly one positive per anchor (two views, labels ``[0..M-1, 0..M-1]``) this is
+    SimCLR's NT-Xent; with several positives it is the "summation inside the log" variant
+    :math:`\mathcal{L}^{sup}_{in}` of Khosla et al. (see `supcon` for the outside variant).
+    Non-negative; 0 for anchors without a positive. Shape ``(N,)``.
+
+    References: A. van den Oord et al., "Representation Learning with Contrastive Predictive
+    Coding", arXiv:1807.03748; T. Chen et al., "A Simple Framework for Contrastive Learning of
+    Visual Representations", ICML 2020.
+    """
+    labels = _check_inputs("info_nce", labels, embeddings)
+    embeddings, scale = _similarity_logits(embeddings, temperature, normalize)
+
+    def rows(index, anchors, anchor_labels):
+        positive, negative = label_masks(anchor_labels, index, labels)
+        logits = pairwise_similarity(anchors, embeddings) * scale
+        others = ops.logical_or(positive, negative)
+        value = masked_logsumexp(logits, others) - masked_logsumexp(logits, positive)
+        return ops.where(ops.any(positive, axis=-1), value, 0.0)
+
+    return per_anchor(rows, labels, embeddings, block_size)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def supcon(labels, embeddings, temperature=0.07, normalize=True, block_size=None):
+    r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` (Khosla et al. 2020).
+
+    With :math:`s_{ij} = z_i \cdot z_j / \tau` (:math:`z` L2-normalised when ``normalize``),
+    :math:`P(i) = \{j \ne i: l_j = l_i\}` and :math:`A(i) = \{a \ne i\}`:
+
+    .. math:: \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)}
+              \log \frac{e^{s_{ip}}}{\sum_{a \in A(i)} e^{s_{ia}}} .
+
+    Non-negative; 0 for anchors without a positive (as the reference implementation). Equals
+    `info_nce` when every anchor has exactly one positive. Shape ``(N,)``. (The reference code's
+    extra factor ``temperature / base_temperature`` is 1 at its defaults and is left out.)
+
+    Reference: P. Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+    """
+    labels = _check_inputs("supcon", labels, embeddings)
+    embeddings, scale = _similarity_logits(embeddings, temperature, normalize)
+
+    def rows(index, anchors, anchor_labels):
+        positive, negative = label_masks(anchor_labels, index, labels)
+        logits = pairwise_similarity(anchors, embeddings) * scale
+        log_norm = masked_logsumexp(logits, ops.logical_or(positive, negative))
+        value = ops.expand_dims(log_norm, -1) - logits
+        return masked_mean(value, positive)
+
+    return per_anchor(rows, labels, embeddings, block_size)
+
+
+Contrastive = loss(contrastive, name="Contrastive", package=_PACKAGE, sparse_labels=True)
+Triplet = loss(triplet, name="Triplet", package=_PACKAGE, sparse_labels=True)
+InfoNCE = loss(info_nce, name="InfoNCE", package=_PACKAGE, sparse_labels=True)
+SupCon = loss(supcon, name="SupCon", package=_PACKAGE, sparse_labels=True)
+
+FUNCTIONS = (contrastive, triplet, info_nce, supcon)
+CLASSES = (Contrastive, Triplet, InfoNCE, SupCon)
+
+__all__ = [
+    "FUNCTIONS",
+    "CLASSES",
+    "contrastive",
+    "triplet",
+    "info_nce",
+    "supcon",
+    "Contrastive",
+    "Triplet",
+    "InfoNCE",
+    "SupCon",
+    "pairwise_similarity",
+    "pairwise_squared_distance",
+    "pairwise_distance",
+    "label_masks",
+    "hardest_positive_negative",
+    "semi_hard_negatives",
+    "per_anchor",
+]
