@@ -363,13 +363,23 @@ class GradientCheckError(AssertionError):
 
 @contextlib.contextmanager
 def _float64():
-    if keras.backend.backend() == "jax":
-        import jax
+    """Lets `keras.ops` compute in float64. TensorFlow does by default. Under JAX, 64-bit types
+    need `jax.enable_x64`, and Keras's type promotion (`keras.backend.result_type`) maps float64
+    to float32 on JAX, so a float64 `sin(x)` would silently run in float32; both are lifted for
+    the duration of the check."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from keras.src.backend.common import dtypes
 
+    saved = dtypes.BIT64_TO_BIT32_DTYPE.get("float64")
+    dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+    try:
         with jax.enable_x64(True):
             yield
-    else:
-        yield
+    finally:
+        dtypes.BIT64_TO_BIT32_DTYPE["float64"] = saved
 
 
 def _parameter_names(fn, n):
@@ -483,6 +493,13 @@ def check_gradients(
 
         with plain_autodiff():
             value = ops.convert_to_numpy(fn(*[ops.convert_to_tensor(a) for a in f64]))
+        if np.asarray(value).dtype != np.float64:
+            raise ValueError(
+                f"check_gradients: {fn_name} returned {np.asarray(value).dtype} for float64 "
+                "inputs, so finite differences would measure rounding noise. Check the plain "
+                "function (e.g. `Huber.fn`, `losskit.losses.huber`) rather than a float32 Loss "
+                "instance, and avoid hard-coded float32 casts."
+            )
         weights = np.random.default_rng(seed).uniform(0.5, 1.5, size=np.shape(value))
 
         def weighted(*args):
