@@ -1,0 +1,269 @@
+r"""Classification losses: `categorical_crossentropy`, `sparse_categorical_crossentropy`,
+`binary_crossentropy`, `focal`, `poly1`, `multiclass_hinge`, `sparsemax_loss`.
+
+Conventions follow Keras: `y_pred` holds probabilities unless `from_logits=True`; the class axis
+is the last one. Logits go through `log_softmax` / `softplus` forms, exact for any finite logit
+(:math:`\pm 10^4` included). Probabilities are clipped to :math:`[\epsilon, 1 - \epsilon]`
+(`keras.config.epsilon()`) before the log, as Keras does, so predictions of exactly 0 and 1 give a
+finite value and gradient. Multi-class losses return one value per sample (class axis reduced:
+shape `y_pred.shape[:-1]`); binary losses average over the non-batch axes (shape `(N,)`).
+"""
+
+from keras import ops
+from keras.src.backend import set_keras_mask  # the mask Keras's reductions honour
+
+from losskit.losses._common import (
+    as_float,
+    epsilon,
+    loss_class,
+    per_sample_mean,
+    register,
+)
+
+
+def _log_probs(y_pred, from_logits, axis=-1):
+    """Log-probabilities over `axis`: log_softmax of logits, or the log of clipped normalised
+    probabilities (Keras's convention for probability inputs)."""
+    if from_logits:
+        return ops.log_softmax(y_pred, axis=axis)
+    probs = y_pred / ops.sum(y_pred, axis=axis, keepdims=True)
+    return ops.log(ops.clip(probs, epsilon(), 1.0 - epsilon()))
+
+
+def _smooth(y_true, label_smoothing, num_classes):
+    if label_smoothing:
+        return y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return y_true
+
+
+@register
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
+    r"""Cross-entropy with one-hot (or soft) targets:
+    :math:`-\sum_k y_k \log p_k`, with :math:`p = \operatorname{softmax}(z)` for logits
+    (computed as `log_softmax`) and label smoothing :math:`y \leftarrow (1 - s) y + s / K`.
+
+    Reference: Goodfellow, Bengio & Courville, Deep Learning (2016) §6.2.2; label smoothing:
+    Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016.
+    Keras: `keras.losses.categorical_crossentropy`.
+    """
+    y_true = _smooth(as_float(y_true, y_pred), label_smoothing, y_pred.shape[-1])
+    return -ops.sum(y_true * _log_probs(y_pred, from_logits), axis=-1)
+
+
+@register
+def sparse_categorical_crossentropy(
+    y_true, y_pred, from_logits=False, label_smoothing=0.0, ignore_index=None
+):
+    r"""Cross-entropy with integer class indices `y_true` of shape `y_pred.shape[:-1]`:
+    :math:`-\log p_{y}` (with label smoothing,
+    :math:`-(1-s)\log p_y - \tfrac{s}{K}\sum_k \log p_k`).
+
+    Samples whose label equals `ignore_index` get loss 0 and are masked out of the Loss class's
+    reduction (the mean is over the remaining samples), like `ignore_class` in Keras and
+    `ignore_index` in PyTorch. Reference: as `categorical_crossentropy`.
+    Keras: `keras.losses.sparse_categorical_crossentropy`.
+    """
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, -1)
+    num_classes = y_pred.shape[-1]
+    valid = None
+    if ignore_index is not None:
+        valid = ops.not_equal(labels, ignore_index)
+        labels = ops.where(valid, labels, ops.zeros_like(labels))
+    log_p = _log_probs(y_pred, from_logits)
+    onehot = _smooth(
+        ops.one_hot(labels, num_classes, dtype=y_pred.dtype), label_smoothing, num_classes
+    )
+    values = -ops.sum(onehot * log_p, axis=-1)
+    if valid is not None:
+        values = ops.where(valid, values, ops.zeros_like(values))
+        set_keras_mask(values, valid)
+    return values
+
+
+def _binary_terms(y_true, y_pred, from_logits):
+    """(-log p, -log(1 - p)) for logits (softplus forms) or clipped probabilities."""
+    if from_logits:
+        return ops.softplus(-y_pred), ops.softplus(y_pred)
+    p = ops.clip(y_pred, epsilon(), 1.0 - epsilon())
+    return -ops.log(p), -ops.log1p(-p)
+
+
+@register
+def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, pos_weight=1.0):
+    r"""Binary cross-entropy with a positive-class weight :math:`w_+`:
+    :math:`w_+\, y \,(-\log p) + (1 - y)(-\log(1 - p))`, averaged over the non-batch axes.
+    For logits, :math:`-\log p = \operatorname{softplus}(-z)` and
+    :math:`-\log(1-p) = \operatorname{softplus}(z)`, exact for any :math:`z`.
+    Label smoothing: :math:`y \leftarrow (1 - s) y + s/2`.
+
+    Reference: Cox, "The regression analysis of binary sequences", JRSS-B 1958; `pos_weight` as in
+    `torch.nn.BCEWithLogitsLoss` / `tf.nn.weighted_cross_entropy_with_logits`.
+    Keras: `keras.losses.binary_crossentropy` (for `pos_weight=1`).
+    """
+    y_true = _smooth(as_float(y_true, y_pred), label_smoothing, 2)
+    neg_log_p, neg_log_q = _binary_terms(y_true, y_pred, from_logits)
+    return per_sample_mean(pos_weight * y_true * neg_log_p + (1.0 - y_true) * neg_log_q)
+
+
+@register
+def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary"):
+    r"""Focal loss: cross-entropy down-weighted on well-classified examples by
+    :math:`(1 - p_t)^\gamma`.
+
+    - `mode="binary"` (sigmoid outputs, averaged over the non-batch axes):
+      :math:`\alpha_t (1 - p_t)^\gamma\, \mathrm{BCE}`, with
+      :math:`p_t = y p + (1 - y)(1 - p)` and :math:`\alpha_t = y\alpha + (1 - y)(1 - \alpha)`
+      (no class balancing when `alpha is None`).
+    - `mode="categorical"` (softmax over the last axis):
+      :math:`-\sum_k \alpha\, y_k (1 - p_k)^\gamma \log p_k` (`alpha=None` means 1).
+
+    `gamma >= 1` keeps the gradient finite at saturated predictions. Reference: Lin et al., "Focal
+    Loss for Dense Object Detection", ICCV 2017. Keras: `keras.losses.binary_focal_crossentropy`
+    (`apply_class_balancing=alpha is not None`), `keras.losses.categorical_focal_crossentropy`.
+    """
+    y_true = as_float(y_true, y_pred)
+    if mode == "categorical":
+        log_p = _log_probs(y_pred, from_logits)
+        weight = ops.power(1.0 - ops.exp(log_p), gamma)
+        if alpha is not None:
+            weight = alpha * weight
+        return -ops.sum(weight * y_true * log_p, axis=-1)
+    if mode != "binary":
+        raise ValueError(f"focal: mode must be 'binary' or 'categorical', got {mode!r}")
+    neg_log_p, neg_log_q = _binary_terms(y_true, y_pred, from_logits)
+    if from_logits:  # 1 - sigmoid(z) = sigmoid(-z), exact in the saturated tail
+        p, one_minus_p = ops.sigmoid(y_pred), ops.sigmoid(-y_pred)
+    else:
+        p = ops.clip(y_pred, epsilon(), 1.0 - epsilon())
+        one_minus_p = 1.0 - p
+    one_minus_pt = y_true * one_minus_p + (1.0 - y_true) * p
+    bce = y_true * neg_log_p + (1.0 - y_true) * neg_log_q
+    values = ops.power(one_minus_pt, gamma) * bce
+    if alpha is not None:
+        values = (y_true * alpha + (1.0 - y_true) * (1.0 - alpha)) * values
+    return per_sample_mean(values)
+
+
+@register
+def poly1(y_true, y_pred, epsilon=1.0, from_logits=False, label_smoothing=0.0):
+    r"""Poly-1 loss: cross-entropy plus :math:`\epsilon (1 - p_t)`,
+    :math:`p_t = \sum_k y_k p_k` (one-hot or soft targets over the last axis).
+    `epsilon=0` is the cross-entropy.
+
+    Reference: Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
+    Functions", ICLR 2022.
+    """
+    y_true = _smooth(as_float(y_true, y_pred), label_smoothing, y_pred.shape[-1])
+    log_p = _log_probs(y_pred, from_logits)
+    p_t = ops.sum(y_true * ops.exp(log_p), axis=-1)
+    return -ops.sum(y_true * log_p, axis=-1) + epsilon * (1.0 - p_t)
+
+
+@register
+def multiclass_hinge(y_true, y_pred, margin=1.0):
+    r"""Multi-class hinge loss of Crammer & Singer on scores :math:`s` with one-hot targets:
+    :math:`\max(0,\ m + \max_{j \ne y} s_j - s_y)`.
+
+    Unlike `keras.losses.categorical_hinge` (which takes :math:`\max_j (1 - y_j) s_j` and so
+    treats a wrong-class score below 0 as 0), the maximum runs over the wrong classes only.
+    Reference: Crammer & Singer, "On the Algorithmic Implementation of Multiclass Kernel-based
+    Vector Machines", JMLR 2001.
+    """
+    y_true = as_float(y_true, y_pred)
+    correct = ops.sum(y_true * y_pred, axis=-1)
+    lowest = ops.min(y_pred, axis=-1, keepdims=True)
+    wrong = ops.max(ops.where(y_true > 0, lowest, y_pred), axis=-1)
+    return ops.relu(margin + wrong - correct)
+
+
+def sparsemax(logits, axis=-1):
+    r"""Sparsemax: the Euclidean projection of the logits onto the probability simplex,
+    :math:`\operatorname{sparsemax}(z)_j = \max(z_j - \tau(z), 0)`.
+
+    The threshold is found by sorting; the support is then held fixed (its gradient is zero almost
+    everywhere) and :math:`\tau = (\sum_{j \in S} z_j - 1) / |S|` recomputed differentiably.
+    Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
+    """
+    support = _sparsemax_support(logits, axis)
+    tau = _sparsemax_tau(logits, support, axis)
+    return ops.relu(logits - tau)
+
+
+def _sparsemax_support(z, axis=-1):
+    z = ops.stop_gradient(z)
+    z = z - ops.max(z, axis=axis, keepdims=True)
+    z_sorted = ops.flip(ops.sort(z, axis=axis), axis=axis)
+    k = ops.cast(ops.arange(1, z.shape[axis] + 1), z.dtype)
+    shape = [1] * len(z.shape)
+    shape[axis] = z.shape[axis]
+    k = ops.reshape(k, shape)
+    in_support = ops.cast(1.0 + k * z_sorted > ops.cumsum(z_sorted, axis=axis), z.dtype)
+    size = ops.sum(in_support, axis=axis, keepdims=True)
+    tau = (ops.sum(in_support * z_sorted, axis=axis, keepdims=True) - 1.0) / size
+    return ops.cast(z > tau, z.dtype)
+
+
+def _sparsemax_tau(z, support, axis=-1):
+    size = ops.sum(support, axis=axis, keepdims=True)
+    return (ops.sum(support * z, axis=axis, keepdims=True) - 1.0) / size
+
+
+@register
+def sparsemax_loss(y_true, y_pred):
+    r"""Sparsemax loss on logits :math:`z` with target distribution :math:`y` (one-hot or soft):
+
+    .. math:: L(z, y) = -y^\top z + \tfrac12 \sum_{j \in S(z)} (z_j^2 - \tau(z)^2)
+              + \tfrac12 \lVert y \rVert^2
+
+    the sparsemax analogue of cross-entropy: :math:`L \ge 0`, :math:`\nabla_z L =
+    \operatorname{sparsemax}(z) - y`. Evaluated on :math:`z - \max z` (the loss is
+    shift-invariant), so logits of :math:`\pm 10^4` lose no precision; the quadratic term is
+    :math:`\sum_S (z_j - \tau)(z_j + \tau)`. Reference: Martins & Astudillo, "From Softmax to
+    Sparsemax", ICML 2016, eq. (16)-(18).
+    """
+    y_true = as_float(y_true, y_pred)
+    z = y_pred - ops.stop_gradient(ops.max(y_pred, axis=-1, keepdims=True))
+    support = _sparsemax_support(z)
+    tau = _sparsemax_tau(z, support)
+    quad = ops.sum(support * (z - tau) * (z + tau), axis=-1)
+    return -ops.sum(y_true * z, axis=-1) + 0.5 * quad + 0.5 * ops.sum(ops.square(y_true), axis=-1)
+
+
+CategoricalCrossentropy = loss_class(categorical_crossentropy, "CategoricalCrossentropy")
+SparseCategoricalCrossentropy = loss_class(
+    sparse_categorical_crossentropy, "SparseCategoricalCrossentropy", sparse_labels=True
+)
+BinaryCrossentropy = loss_class(binary_crossentropy, "BinaryCrossentropy")
+Focal = loss_class(focal, "Focal")
+Poly1 = loss_class(poly1, "Poly1")
+MulticlassHinge = loss_class(multiclass_hinge, "MulticlassHinge")
+SparsemaxLoss = loss_class(sparsemax_loss, "SparsemaxLoss")
+
+FUNCTIONS = (
+    categorical_crossentropy,
+    sparse_categorical_crossentropy,
+    binary_crossentropy,
+    focal,
+    poly1,
+    multiclass_hinge,
+    sparsemax_loss,
+)
+CLASSES = (
+    CategoricalCrossentropy,
+    SparseCategoricalCrossentropy,
+    BinaryCrossentropy,
+    Focal,
+    Poly1,
+    MulticlassHinge,
+    SparsemaxLoss,
+)
+
+__all__ = [
+    "FUNCTIONS",
+    "CLASSES",
+    "sparsemax",
+    *(f.__name__ for f in FUNCTIONS),
+    *(c.__name__ for c in CLASSES),
+]

@@ -1,0 +1,37 @@
+r"""Knowledge distillation: `distillation_kl`."""
+
+from keras import ops
+
+from losskit.losses._common import loss_class, register
+
+
+@register
+def distillation_kl(teacher_logits, student_logits, temperature=2.0):
+    r"""Hinton distillation loss: the KL divergence between the temperature-softened teacher and
+    student distributions, scaled by :math:`T^2` so its gradient magnitude does not depend on
+    :math:`T`:
+
+    .. math:: T^2\, \mathrm{KL}\!\left(\operatorname{softmax}(t/T) \,\|\,
+              \operatorname{softmax}(s/T)\right)
+              = T^2 \sum_k p^T_k \left(\log p^T_k - \log q^T_k\right)
+
+    computed with `log_softmax` (exact for any finite logits). Shape `(N, ..., K)` -> `(N, ...)`.
+    The teacher is typically side data (`Term(distillation_kl, teacher_logits="x.teacher",
+    student_logits="pred")`); no gradient is stopped here.
+
+    Reference: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    NIPS Deep Learning Workshop 2015, §2.
+    """
+    t = float(temperature)
+    teacher_logits = ops.cast(teacher_logits, student_logits.dtype)
+    log_p = ops.log_softmax(teacher_logits / t, axis=-1)
+    log_q = ops.log_softmax(student_logits / t, axis=-1)
+    return (t * t) * ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+DistillationKL = loss_class(distillation_kl, "DistillationKL")
+
+FUNCTIONS = (distillation_kl,)
+CLASSES = (DistillationKL,)
+
+__all__ = ["FUNCTIONS", "CLASSES", "distillation_kl", "DistillationKL"]

@@ -1,0 +1,145 @@
+r"""Regression losses: `mse`, `mae`, `huber`, `log_cosh`, `pinball`, `charbonnier`, `cauchy`,
+`general_robust`.
+
+Every function takes `y_true`, `y_pred` of the same shape `(N, ...)` and returns one value per
+sample, shape `(N,)`: the elementwise penalty of the residual `e = y_true - y_pred` averaged over
+all non-batch axes (a 1-D input is one value per sample already). For `(N, d)` inputs this equals
+the Keras built-ins, which average over the last axis.
+"""
+
+import math
+
+from keras import ops
+
+from losskit.losses._common import as_float, loss_class, per_sample_mean, register
+
+
+def _residual(y_true, y_pred):
+    return as_float(y_true, y_pred) - y_pred
+
+
+@register
+def mse(y_true, y_pred):
+    r"""Mean squared error: :math:`\operatorname{mean}(e^2)`, `e = y_true - y_pred`.
+
+    Reference: Gauss (1809), least squares. Keras: `keras.losses.mean_squared_error`.
+    """
+    return per_sample_mean(ops.square(_residual(y_true, y_pred)))
+
+
+@register
+def mae(y_true, y_pred):
+    r"""Mean absolute error: :math:`\operatorname{mean}|e|` (Laplace 1774). Keras:
+    `keras.losses.mean_absolute_error`."""
+    return per_sample_mean(ops.abs(_residual(y_true, y_pred)))
+
+
+@register
+def huber(y_true, y_pred, delta=1.0):
+    r"""Huber loss: :math:`\tfrac12 e^2` for :math:`|e| \le \delta`, else
+    :math:`\delta(|e| - \tfrac12\delta)`; written as :math:`\tfrac12 q^2 + \delta(|e| - q)` with
+    :math:`q = \min(|e|, \delta)`, which is exact and has no branch.
+
+    Reference: P. J. Huber, "Robust Estimation of a Location Parameter", Ann. Math. Stat. 1964.
+    Keras: `keras.losses.huber`.
+    """
+    err = ops.abs(_residual(y_true, y_pred))
+    quad = ops.minimum(err, delta)
+    return per_sample_mean(0.5 * ops.square(quad) + delta * (err - quad))
+
+
+@register
+def log_cosh(y_true, y_pred):
+    r"""Log-cosh: :math:`\log\cosh e = |e| + \operatorname{softplus}(-2|e|) - \log 2`.
+
+    The right-hand form never overflows (`cosh` does for :math:`|e| > 89` in float32); its
+    gradient is :math:`\tanh e`. Reference: Saleh & Saleh, "Statistical Properties of the log-cosh
+    Loss Function Used in Machine Learning", arXiv:2208.04564. Keras: `keras.losses.log_cosh`.
+    """
+    err = ops.abs(_residual(y_true, y_pred))
+    return per_sample_mean(err + ops.softplus(-2.0 * err) - math.log(2.0))
+
+
+@register
+def pinball(y_true, y_pred, tau=0.5):
+    r"""Pinball (quantile) loss for quantile level :math:`\tau \in (0, 1)`:
+    :math:`\max(\tau e, (\tau - 1) e)`, `e = y_true - y_pred`. Minimised by the
+    :math:`\tau`-quantile; :math:`\tau = 0.5` is half the MAE.
+
+    Reference: Koenker & Bassett, "Regression Quantiles", Econometrica 1978.
+    """
+    err = _residual(y_true, y_pred)
+    return per_sample_mean(ops.maximum(tau * err, (tau - 1.0) * err))
+
+
+@register
+def charbonnier(y_true, y_pred, epsilon=1e-3):
+    r"""Charbonnier loss (smooth L1): :math:`\sqrt{e^2 + \epsilon^2}`.
+
+    Reference: Charbonnier et al., "Two deterministic half-quadratic regularization algorithms for
+    computed imaging", ICIP 1994; as used in Lai et al., "Deep Laplacian Pyramid Networks" (LapSRN),
+    CVPR 2017.
+    """
+    err = _residual(y_true, y_pred)
+    return per_sample_mean(ops.sqrt(ops.square(err) + epsilon**2))
+
+
+@register
+def cauchy(y_true, y_pred, scale=1.0):
+    r"""Cauchy (Lorentzian) loss: :math:`\tfrac{c^2}{2}\log\!\left(1 + (e/c)^2\right)`, `c = scale`.
+
+    Quadratic near 0, logarithmic in the tails (redescending influence). Reference: Black &
+    Anandan, "The robust estimation of multiple motions", CVIU 1996; Barron 2019 (alpha = 0, up to
+    the factor :math:`c^2`).
+    """
+    err = _residual(y_true, y_pred) / scale
+    return per_sample_mean(0.5 * scale**2 * ops.log1p(ops.square(err)))
+
+
+@register
+def general_robust(y_true, y_pred, alpha=1.0, scale=1.0):
+    r"""Barron's general and adaptive robust loss with shape :math:`\alpha` and scale :math:`c`:
+
+    .. math:: \rho(e) = \frac{|\alpha - 2|}{\alpha}
+              \left[\left(\frac{(e/c)^2}{|\alpha - 2|} + 1\right)^{\alpha/2} - 1\right]
+
+    with its limits :math:`\tfrac12 (e/c)^2` (:math:`\alpha = 2`),
+    :math:`\log(\tfrac12 (e/c)^2 + 1)` (:math:`\alpha = 0`) and
+    :math:`1 - \exp(-\tfrac12 (e/c)^2)` (:math:`\alpha = -\infty`). :math:`\alpha = 1` is the
+    pseudo-Huber / Charbonnier loss :math:`\sqrt{(e/c)^2 + 1} - 1`. The bracket is computed as
+    `expm1(alpha / 2 * log1p(z))`, accurate for small residuals.
+
+    Reference: J. T. Barron, "A General and Adaptive Robust Loss Function", CVPR 2019.
+    """
+    alpha = float(alpha)
+    sq = ops.square(_residual(y_true, y_pred) / scale)
+    if alpha == 2.0:
+        value = 0.5 * sq
+    elif alpha == 0.0:
+        value = ops.log1p(0.5 * sq)
+    elif math.isinf(alpha) and alpha < 0:
+        value = -ops.expm1(-0.5 * sq)
+    else:
+        b = abs(alpha - 2.0)
+        value = (b / alpha) * ops.expm1(0.5 * alpha * ops.log1p(sq / b))
+    return per_sample_mean(value)
+
+
+MSE = loss_class(mse, "MSE")
+MAE = loss_class(mae, "MAE")
+Huber = loss_class(huber, "Huber")
+LogCosh = loss_class(log_cosh, "LogCosh")
+Pinball = loss_class(pinball, "Pinball")
+Charbonnier = loss_class(charbonnier, "Charbonnier")
+Cauchy = loss_class(cauchy, "Cauchy")
+GeneralRobust = loss_class(general_robust, "GeneralRobust")
+
+FUNCTIONS = (mse, mae, huber, log_cosh, pinball, charbonnier, cauchy, general_robust)
+CLASSES = (MSE, MAE, Huber, LogCosh, Pinball, Charbonnier, Cauchy, GeneralRobust)
+
+__all__ = [
+    "FUNCTIONS",
+    "CLASSES",
+    *(f.__name__ for f in FUNCTIONS),
+    *(c.__name__ for c in CLASSES),
+]
