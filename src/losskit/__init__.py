@@ -1,6 +1,6 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import gradients, metrics
+from losskit import gradients, losses, metrics
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
@@ -14,6 +14,7 @@ __all__ = [
     "custom_gradient",
     "gradients",
     "loss",
+    "losses",
     "metric",
     "metrics",
 ]
