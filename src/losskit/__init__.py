@@ -1,9 +1,11 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import gradients, losses, metrics
+from losskit import gradients, losses, metrics, schedules
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
+from losskit.model import ObjectiveModel
+from losskit.objective import Objective, Term
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,8 @@ __all__ = [
     "losses",
     "metric",
     "metrics",
+    "Objective",
+    "ObjectiveModel",
+    "schedules",
+    "Term",
 ]

@@ -1,0 +1,314 @@
+"""`ObjectiveModel`: trains an inner model on an `Objective` with plain `fit`/`evaluate`."""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.utils.tracking import no_automatic_dependency_tracking  # as Trainer.compile uses
+
+from losskit.objective import Objective
+
+
+class _TotalTracker(keras.metrics.Mean):
+    """The `loss` tracker. Keras feeds its loss tracker the replica loss times the number of
+    replicas, exact only when every replica gets as many samples; the objective feeds this one the
+    exact value (`feed`) and Keras's own update is ignored."""
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def feed(self, value, sample_weight):
+        super().update_state(value, sample_weight=sample_weight)
+
+
+class _Latest(keras.metrics.Metric):
+    """Reports the last value it was given (a scheduled term's current weight)."""
+
+    def __init__(self, name, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        # Every replica holds the same weight, so their mean is that weight.
+        self.value = self.add_variable((), "zeros", aggregation="mean", name="value")
+
+    def update_state(self, value):
+        self.value.assign(ops.cast(value, self.value.dtype))
+
+    def result(self):
+        return ops.convert_to_tensor(self.value)
+
+    def reset_state(self):
+        pass  # a weight stays meaningful across epochs
+
+
+class _NanGuard(keras.callbacks.Callback):
+    """Stops `fit` at the first step where a term's logged value is NaN or infinite."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+        self._base = 0
+        self._last = -1
+
+    def on_train_begin(self, logs=None):
+        self._base = int(np.asarray(self.model.optimizer.iterations))
+        self._last = self._base - 1
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._base = self._last + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = self._base + batch
+        for name in [*self.names, "loss"]:
+            if name in (logs or {}):
+                value = float(np.asarray(logs[name]))
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"nan_policy='raise': term '{name}' became {value} at step {self._last} "
+                        f"(epoch {self._epoch + 1}, batch {batch + 1}). Check its inputs, "
+                        "weight and learning rate."
+                    )
+
+
+@keras.saving.register_keras_serializable(package="losskit")
+class ObjectiveModel(keras.Model):
+    """Trains `inner_model` on an `Objective` with `compile(optimizer=...)` and `fit`.
+
+    ```python
+    model = losskit.ObjectiveModel(inner, objective)
+    model.compile(optimizer="adam")                         # no loss=
+    model.fit({"features": X, "teacher": G}, y, epochs=5)   # "teacher" is side data
+    model.predict({"features": X_new})
+    ```
+
+    - The inner model receives only its own inputs (functional models: its `Input` names); other
+      keys of the feature dict are side data for `"x.<key>"` sources and are not needed to predict.
+    - `"layer.<name>"` sources are tapped in the same forward pass (functional inner models only).
+    - Each term is logged under its name (and `val_<name>`), scheduled terms' weights under
+      `<name>_weight`, and the total as `loss`; sample and class weights apply per sample.
+    - Per-sample terms are reduced by the global batch size, so `tf.distribute` strategies and JAX
+      `DataParallel` give the single-device update and logs.
+    - Scheduled weights read the optimizer step inside the compiled step on every backend.
+    - `nan_policy="raise"` stops `fit` at the first step where a term is NaN/Inf, naming it.
+    - Saves and loads (`.keras`, safe mode) with its objective and schedules.
+
+    Args:
+        inner_model: the Keras model that makes the predictions.
+        objective: a `losskit.Objective` (or a list of `losskit.Term`).
+        nan_policy: None or `"raise"`.
+    """
+
+    def __init__(self, inner_model, objective, nan_policy=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(objective, Objective):
+            objective = Objective(objective)
+        if nan_policy not in (None, "raise"):
+            raise ValueError(f"nan_policy must be None or 'raise', got {nan_policy!r}")
+        self.inner = inner_model
+        self.objective = objective
+        self.nan_policy = nan_policy
+        self._taps = sorted(s[6:] for s in objective.sources if s.startswith("layer."))
+        self._tapped = self._tap(inner_model) if self._taps else None
+        self._with_taps = False
+        self._term_trackers = [keras.metrics.Mean(name=t.name) for t in objective.terms]
+        self._weight_trackers = [
+            _Latest(f"{t.name}_weight") for t in objective.terms if callable(t.weight)
+        ]
+        # The step schedules saw last. Under JAX the compiled evaluation step cannot read the
+        # optimizer's step (it is not part of its state); this model variable is.
+        self._objective_step = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="objective_step",
+            aggregation="only_first_replica",
+        )
+        if inner_model.built:
+            self.built = True
+
+    def _tap(self, inner):
+        if not isinstance(inner, keras.Model) or not hasattr(inner, "_run_through_graph"):
+            raise ValueError(
+                f"ObjectiveModel: sources {['layer.' + n for n in self._taps]} tap inner layers, "
+                f"which needs a functional (or Sequential) inner model; {type(inner).__name__} is "
+                "subclassed. Build it with keras.Model(inputs, outputs), or return the tensors as "
+                "extra outputs and use 'pred.<key>' sources."
+            )
+        outputs = {"pred": inner.output}
+        for name in self._taps:
+            try:
+                outputs[f"layer.{name}"] = inner.get_layer(name).output
+            except ValueError:
+                names = [layer.name for layer in inner.layers]
+                raise ValueError(
+                    f"ObjectiveModel: source 'layer.{name}' names no layer of "
+                    f"{inner.name}; its layers are {names}."
+                ) from None
+        return keras.Model(inner.input, outputs, name=f"{inner.name}_tapped")
+
+    # ----- forward pass -------------------------------------------------------------------------
+
+    def _inner_inputs(self, x):
+        """Selects the inner model's own inputs from the batch's features."""
+        if not isinstance(x, dict):
+            return x
+        structure = getattr(self.inner, "_inputs_struct", None)
+        if structure is None:  # subclassed model: every key that is not side data
+            side = {s[2:] for s in self.objective.sources if s.startswith("x.")}
+            kept = {k: v for k, v in x.items() if k not in side}
+            return next(iter(kept.values())) if len(kept) == 1 else kept
+        missing = [t.name for t in keras.tree.flatten(structure) if t.name not in x]
+        if missing:
+            raise KeyError(
+                f"ObjectiveModel: the inner model needs inputs {missing}, missing from the "
+                f"features {sorted(x)}."
+            )
+        return keras.tree.map_structure(lambda t: x[t.name], structure)
+
+    def call(self, inputs, training=None):
+        inputs = self._inner_inputs(inputs)
+        if self._tapped is None:
+            return self.inner(inputs, training=training)
+        outputs = self._tapped(inputs, training=training)
+        return outputs if self._with_taps else outputs["pred"]
+
+    def _stepping(self, step, *args):
+        # Traced once per compiled function: taps exist only inside train/test steps.
+        self._with_taps = True
+        try:
+            logs = step(*args)
+        finally:
+            self._with_taps = False
+        if _multi_worker(self):
+            # Keras reduces step logs across workers with a mean over axis 0, which fails on
+            # scalars under MultiWorkerMirroredStrategy; give each log that axis.
+            logs = {k: ops.expand_dims(v, 0) for k, v in logs.items()}
+        return logs
+
+    def train_step(self, *args):
+        return self._stepping(super().train_step, *args)
+
+    def test_step(self, *args):
+        return self._stepping(super().test_step, *args)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # TF trainer only. Keras reduces the whole nested first batch with one strategy.reduce
+        # call, which MultiWorkerMirroredStrategy refuses for dict features. Building needs only
+        # shapes and dtypes, which the first replica's batch has.
+        if iterator is not None and self._distribute_strategy is not None:
+            local = self._distribute_strategy.experimental_local_results
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = keras.tree.map_structure(
+                    lambda v: local(v)[0] if hasattr(v, "values") else v, batch
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    # ----- loss and metrics ---------------------------------------------------------------------
+
+    @no_automatic_dependency_tracking
+    def compile(self, optimizer="rmsprop", **kwargs):
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "ObjectiveModel: compile() takes no loss; the objective is the loss. Add the "
+                "loss as a losskit.Term instead."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        self._loss_tracker = _TotalTracker(name="loss")
+
+    def compute_loss_and_updates(self, *args, optimizer_variables=None, **kwargs):
+        # JAX trainer: compute_loss runs in a StatelessScope that maps the model's variables but
+        # not the optimizer's, so `optimizer.iterations` would be a constant frozen at trace
+        # time. Hand compute_loss the traced step from the optimizer state instead.
+        self._traced_step = None
+        if optimizer_variables is not None:
+            index = [
+                i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer.iterations
+            ]
+            if index:
+                self._traced_step = optimizer_variables[index[0]]
+        try:
+            return super().compute_loss_and_updates(
+                *args, optimizer_variables=optimizer_variables, **kwargs
+            )
+        finally:
+            self._traced_step = None
+
+    def _step(self, training):
+        if not training:
+            return self._objective_step.value
+        traced = getattr(self, "_traced_step", None)
+        return traced if traced is not None else self.optimizer.iterations.value
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if isinstance(y_pred, dict) and "pred" in y_pred and self._tapped is not None:
+            layers = {k[6:]: v for k, v in y_pred.items() if k.startswith("layer.")}
+            pred = y_pred["pred"]
+        else:
+            layers, pred = {}, y_pred
+        step = self._step(training)
+        total, values, weights = self.objective.compute(
+            x, y, pred, sample_weight, step=step, layers=layers, variables=self.inner
+        )
+        for loss in self.losses:  # regularizers and add_loss() of the inner model
+            total = total + self._aggregate_additional_loss(loss)
+        if training:
+            self._objective_step.assign(ops.cast(step, "int32") + 1)
+        self._track(x, pred, total, values, weights if training else {})
+        return total
+
+    def _track(self, x, pred, total, values, weights):
+        from losskit.objective import _batch_size, _replicas
+
+        replicas, ctx = _replicas()
+        n_local = _batch_size(pred, x)
+        n_global = ctx.all_reduce("sum", n_local) if ctx else n_local
+        # A replica's share times N_global / n_local, weighted by n_local, sums to the global
+        # value over replicas whatever the split.
+        scale = ops.divide_no_nan(n_global, n_local)
+        self._loss_tracker.feed(total * scale, sample_weight=n_local)
+        for tracker in self._term_trackers:
+            tracker.update_state(values[tracker.name] * scale, sample_weight=n_local)
+        for tracker in self._weight_trackers:
+            if weights:  # evaluation keeps showing the weight training last used
+                tracker.update_state(weights[tracker.name[: -len("_weight")]])
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict) and "pred" in y_pred and self._tapped is not None:
+            y_pred = y_pred["pred"]
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = list(callbacks or [])
+        if self.nan_policy == "raise":
+            callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # ----- saving -------------------------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_model": keras.saving.serialize_keras_object(self.inner),
+            "objective": keras.saving.serialize_keras_object(self.objective),
+            "nan_policy": self.nan_policy,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(config.pop("inner_model"))
+        objective = keras.saving.deserialize_keras_object(config.pop("objective"))
+        return cls(inner, objective, **config)
+
+
+def _multi_worker(model):
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
