@@ -196,9 +196,17 @@ def test_gradients(name, kw):
     assert report.ok, str(report)
 
 
-@pytest.mark.parametrize("block_size", [1, 3, 4, 7, 50])
-@pytest.mark.parametrize("name,kw", CASES[::2] + [CASES[3]], ids=CASE_IDS[::2] + [CASE_IDS[3]])
-def test_blocked_equals_unblocked(name, kw, block_size):
+BLOCK_CASES = [(case, b) for case in CASES[::2] + [CASES[3]] for b in (3, 4)] + [
+    (CASES[3], 1),  # one anchor per block
+    (CASES[8], 50),  # block larger than the batch: the unblocked path
+]
+
+
+@pytest.mark.parametrize(
+    "case,block_size", BLOCK_CASES, ids=[f"{c[0]}-{i}-b{b}" for i, (c, b) in enumerate(BLOCK_CASES)]
+)
+def test_blocked_equals_unblocked(case, block_size):
+    name, kw = case
     fn = REFERENCES[name][0]
     x = embeddings()  # 7 anchors: blocks of 3 and 4 leave a partial last block
     full_value, (full_grad,) = value_and_grad(lambda e: fn(LABELS, e, **kw), x)

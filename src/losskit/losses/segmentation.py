@@ -101,16 +101,20 @@ def focal_tversky(
     r"""Focal Tversky loss per image: :math:`(1 - TI)^{1/\gamma}` (`tversky` for :math:`TI`).
 
     The paper recommends :math:`\gamma \in [1, 3]` (4/3 in its experiments). With
-    :math:`1/\gamma < 1` the derivative is unbounded as :math:`TI \to 1`; the base is clipped
-    at 1e-6, so the value and gradient stay finite (the gradient is 0 for an exactly perfect
-    prediction). With ``per_class`` the per-class terms are averaged (the paper sums them).
+    :math:`1/\gamma < 1` the derivative is unbounded as :math:`TI \to 1`; below
+    :math:`1 - TI = 10^{-6}` the power is replaced by its chord to 0, so the value is 0 for a
+    perfect prediction and value and gradient stay finite. With ``per_class`` the per-class terms
+    are averaged (the paper sums them).
 
     Reference: N. Abraham, N. M. Khan, "A Novel Focal Tversky Loss Function with Improved
     Attention U-Net for Lesion Segmentation", ISBI 2019 (arXiv:1810.07842).
     """
     index = _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class)
-    base = ops.maximum(1.0 - index, 1e-6)
-    return _mean_over_classes(ops.power(base, 1.0 / gamma), per_class)
+    base = 1.0 - index
+    eps = 1e-6
+    power = ops.power(ops.maximum(base, eps), 1.0 / gamma)
+    linear = base * eps ** (1.0 / gamma - 1.0)  # the chord from 0 to eps: finite slope
+    return _mean_over_classes(ops.where(base > eps, power, linear), per_class)
 
 
 def lovasz_gradient(gt_sorted):
