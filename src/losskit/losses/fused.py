@@ -12,21 +12,15 @@ Keras backend and under `jit`.
 
 import math
 
-import keras
 from keras import ops
+
+from losskit.gradients import custom_gradient
+from losskit.losses._common import register
 
 __all__ = ["FUNCTIONS", "fused_linear_cross_entropy"]
 
 # Liger-Kernel's rule: a chunk's logits are about as large as `hidden` itself.
 _MAX_AUTO_CHUNK = 4096
-
-
-def _custom_gradient(fn):
-    # Prefer the portable losskit.custom_gradient once it exists; keras.ops.custom_gradient has the
-    # same `(value, grad_fn)` convention on the TensorFlow and JAX backends.
-    import losskit
-
-    return getattr(losskit, "custom_gradient", keras.ops.custom_gradient)(fn)
 
 
 def _auto_chunk_size(n, hidden_dim, vocab):
@@ -64,6 +58,7 @@ def _chunk(h, y, weight, bias, *, ignore_index, z_loss, label_smoothing):
     return loss * valid, dz
 
 
+@register
 def fused_linear_cross_entropy(
     hidden,
     weight,
@@ -133,12 +128,9 @@ def fused_linear_cross_entropy(
         static_n = h.shape[0] if h.shape[0] is not None else _MAX_AUTO_CHUNK
         chunk_size = _auto_chunk_size(static_n, hidden_dim, vocab)
     # Pad to whole chunks with ignored tokens, which add 0 to the loss and the gradients.
-    num_chunks = (n + chunk_size - 1) // chunk_size
-    pad = num_chunks * chunk_size - n
+    pad = (chunk_size - n % chunk_size) % chunk_size
     h_chunks = ops.reshape(ops.pad(h, [[0, pad], [0, 0]]), (-1, chunk_size, hidden_dim))
     y_chunks = ops.reshape(ops.pad(y, [[0, pad]], constant_values=ignore_index), (-1, chunk_size))
-    count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), hidden.dtype))
-    scale = 1.0 / ops.maximum(count, 1.0) if reduction == "mean" else 1.0
     options = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
 
     def take(x, i):
@@ -147,12 +139,12 @@ def fused_linear_cross_entropy(
     def put(buffer, i, chunk):
         return ops.slice_update(buffer, (i,) + (0,) * (len(buffer.shape) - 1), chunk[None])
 
-    def loop(body, init):
-        return ops.fori_loop(0, num_chunks, body, init)
-
-    def forward(h_chunks, weight, *maybe_bias):
+    def forward(y_chunks, h_chunks, weight, *maybe_bias):
         b = maybe_bias[0] if maybe_bias else None
-        grads_of = (h_chunks, weight, *maybe_bias)
+        y_chunks = ops.cast(y_chunks, "int32")
+
+        def loop(body, init):
+            return ops.fori_loop(0, ops.shape(h_chunks)[0], body, init)
 
         if reduction == "none":
             # Per-token values now; the gradient recomputes each chunk's logits (Cut CE).
@@ -176,11 +168,17 @@ def fused_linear_cross_entropy(
 
                 zeros = tuple(ops.zeros_like(g) for g in (h_chunks, weight))
                 dh, dw, db = loop(grad_step, zeros + (ops.zeros((vocab,), hidden.dtype),))
-                return (dh, dw, db) if maybe_bias else (dh, dw)
+                return (None, dh, dw, db) if maybe_bias else (None, dh, dw)
 
             return losses, grad_fn
 
         # A scalar: every gradient is computed now, while each chunk's logits exist (Liger).
+        if reduction == "mean":
+            count = ops.sum(ops.cast(ops.not_equal(y_chunks, ignore_index), hidden.dtype))
+            scale = 1.0 / ops.maximum(count, 1.0)
+        else:
+            scale = 1.0
+
         def step(i, acc):
             total, dh, dw, db = acc
             h_i = take(h_chunks, i)
@@ -193,23 +191,26 @@ def fused_linear_cross_entropy(
                 db + ops.sum(dz, axis=0),
             )
 
-        zeros = tuple(ops.zeros_like(g) for g in grads_of[:2])
+        zeros = tuple(ops.zeros_like(g) for g in (h_chunks, weight))
         init = (ops.zeros((), hidden.dtype),) + zeros + (ops.zeros((vocab,), hidden.dtype),)
         total, dh, dw, db = loop(step, init)
         grads = (dh, dw, db) if maybe_bias else (dh, dw)
 
         def grad_fn(upstream):
-            return tuple(g * upstream for g in grads)
+            return (None, *(g * upstream for g in grads))
 
         return total * scale, grad_fn
 
-    args = (h_chunks, weight) + (() if bias is None else (ops.convert_to_tensor(bias),))
-    out = _custom_gradient(forward)(*args)
+    # Labels enter as float (exact below 2**24 classes): the custom gradient must not close over
+    # traced values from outside, which JAX cannot differentiate through an enclosing jit, and
+    # losskit.custom_gradient closes over its integer inputs.
+    y_chunks = ops.cast(y_chunks, "float32")
+    args = (y_chunks, h_chunks, weight) + (() if bias is None else (bias,))
+    out = custom_gradient(forward)(*args)
     if reduction == "none":
         return ops.reshape(ops.reshape(out, (-1,))[:n], labels_shape)
     return out
 
 
-keras.saving.register_keras_serializable(package="losskit.losses")(fused_linear_cross_entropy)
 
 FUNCTIONS = (fused_linear_cross_entropy,)
