@@ -168,6 +168,7 @@ def train_student(arm, data, teacher_train, teacher_test, seed, epochs, options,
     model.compile(
         optimizer=keras.optimizers.Adam(float(options["learning_rate"])),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+        jit_compile=common.jit_compile(),  # XLA compile time would dominate this tiny model on TF
     )
     passes = int(options["passes_per_epoch"])
     n = len(data["y_train"])
