@@ -77,8 +77,31 @@ def poisson_nll(y_true, y_pred, log_input=False, full=False):
     else:
         value = y_pred - y_true * ops.log(y_pred + epsilon())
     if full:
-        value = value + ops.lgamma(y_true + 1.0)
+        value = value + _log_factorial(y_true)
     return per_sample_mean(value)
+
+
+def _log_factorial(counts):
+    """log(y!) = lgamma(y + 1) of the (label) counts; keras.ops has no lgamma."""
+    import keras
+
+    x = counts + 1.0
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.lgamma(x)
+    if backend == "jax":
+        import jax
+
+        return jax.lax.lgamma(x)
+    if backend == "torch":
+        import torch
+
+        return torch.lgamma(x)
+    from scipy.special import gammaln
+
+    return ops.convert_to_tensor(gammaln(ops.convert_to_numpy(x)), x.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
