@@ -85,6 +85,17 @@ class Term:
         self.weight = weight if callable(weight) else float(weight)
         target, constants = _target(fn)
         self._target = target
+        for key, value in sources.items():
+            if (
+                isinstance(value, str)
+                and value.partition(".")[0] in _KINDS
+                and not is_source(value)
+            ):
+                raise ValueError(
+                    f"Term '{self.name}': {key}={value!r} is not a valid source; use 'y', "
+                    "'y.<key>', 'pred', 'pred.<key>', 'x', 'x.<key>', 'layer.<name>' or "
+                    "'var.<layer>.<variable>'."
+                )
         self.constants = {k: v for k, v in sources.items() if not is_source(v)}
         self._call_constants = {**constants, **self.constants}
         given = {k: v for k, v in sources.items() if is_source(v)}
