@@ -34,7 +34,9 @@ class _Latest(keras.metrics.Metric):
         self.value.assign(ops.cast(value, self.value.dtype))
 
     def result(self):
-        return ops.convert_to_tensor(self.value)
+        # A copy, not the variable's own buffer: under JAX that buffer is donated to the next
+        # compiled step, and `History` would keep a deleted array.
+        return ops.copy(self.value)
 
     def reset_state(self):
         pass  # a weight stays meaningful across epochs
