@@ -17,7 +17,7 @@ from keras import ops
 from losskit.gradients import custom_gradient
 from losskit.losses._common import register
 
-__all__ = ["FUNCTIONS", "fused_linear_cross_entropy"]
+__all__ = ["CLASSES", "FUNCTIONS", "fused_linear_cross_entropy"]
 
 # Liger-Kernel's rule: a chunk's logits are about as large as `hidden` itself.
 _MAX_AUTO_CHUNK = 4096
@@ -214,3 +214,4 @@ def fused_linear_cross_entropy(
 
 
 FUNCTIONS = (fused_linear_cross_entropy,)
+CLASSES = ()  # its inputs are not (y_true, y_pred): use it in a Term or a train step
