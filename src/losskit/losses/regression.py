@@ -29,8 +29,11 @@ def mse(y_true, y_pred):
 
 @register
 def mae(y_true, y_pred):
-    r"""Mean absolute error: :math:`\operatorname{mean}|e|` (Laplace 1774). Keras:
-    `keras.losses.mean_absolute_error`."""
+    r"""Mean absolute error: :math:`\operatorname{mean}|e|`.
+
+    Reference: P.-S. Laplace, "Mémoire sur la probabilité des causes par les événements" (1774),
+    least absolute deviations. Keras: `keras.losses.mean_absolute_error`.
+    """
     return per_sample_mean(ops.abs(_residual(y_true, y_pred)))
 
 
