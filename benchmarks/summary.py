@@ -1,0 +1,89 @@
+"""Prints Markdown tables of benchmarks/results/*.json (the tables of docs/benchmarks.md)."""
+
+import json
+
+from common import RESULTS
+
+
+def load(name):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def spread(r):
+    lo, hi = r["ratio_per_round_min_max"]
+    return f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def overhead(data):
+    rows = []
+    for backend, res in data["backends"].items():
+        for name, r in res["ratios"].items():
+            rows.append([backend, name, f"{res['seconds_per_step'][name] * 1e3:.2f}", spread(r)])
+    return table(["backend", "set-up", "ms / step", "ratio to keras_huber (round min-max)"], rows)
+
+
+def losses(data):
+    rows = []
+    for backend, res in data["backends"].items():
+        for name, c in res["cases"].items():
+            t = c["seconds_per_call"]
+            rows.append(
+                [
+                    backend,
+                    name,
+                    f"{t['losskit'] * 1e3:.2f}",
+                    f"{t['keras'] * 1e3:.2f}",
+                    spread(c["ratio"]),
+                    f"{c['gb_per_s']['losskit']:.1f} / {c['numpy_copy_gb_per_s']:.1f}",
+                    f"{c['fraction_of_copy']['losskit']:.2f}",
+                ]
+            )
+    header = ["backend", "loss", "losskit ms", "Keras ms", "ratio (min-max)",
+              "losskit GB/s / copy GB/s", "fraction of copy"]
+    return table(header, rows)
+
+
+def custom_gradient(data):
+    rows = []
+    for backend, res in data["backends"].items():
+        for name, c in res["cases"].items():
+            t = c["seconds_per_call"]
+            rows.append([backend, name, f"{t['custom'] * 1e3:.3f}", f"{t['autodiff'] * 1e3:.3f}",
+                         spread(c["ratio_custom_to_autodiff"]), f"{c['grad_max_abs_diff']:.1e}"])
+    header = ["backend", "case", "custom ms", "autodiff ms", "custom / autodiff", "max |grad diff|"]
+    return table(header, rows)
+
+
+def fused_ce(data):
+    rows = []
+    for backend, res in data["backends"].items():
+        for mode, cands in res["modes"].items():
+            for name, r in cands.items():
+                rows.append([backend, mode, name, f"{r['median_s']:.2f}", spread(r),
+                             f"{r['peak_extra_mib']:.0f}", f"{r['memory_ratio']:.3f}"])
+    header = ["backend", "compile", "method", "s (fwd+bwd)", "time ratio (min-max)",
+              "peak extra MiB", "memory ratio"]
+    return table(header, rows)
+
+
+def main():
+    for name, render in [("overhead", overhead), ("losses", losses),
+                         ("custom_gradient", custom_gradient), ("fused_ce", fused_ce)]:
+        data = load(name)
+        if data is None:
+            continue
+        m = data["machine"]
+        print(f"### {name}\n\n{m['date_utc']}, {m['processor']}, {m['cpu_count']} cores, "
+              f"load average {m['load_average_1_5_15'][0]:.1f} at start\n")
+        print(render(data) + "\n")
+
+
+if __name__ == "__main__":
+    main()
