@@ -222,6 +222,12 @@ class ObjectiveModel(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self._loss_tracker = _TotalTracker(name="loss")
 
+    def compile_from_config(self, config):
+        # Keras skips compile() on load for models that override it; ours is safe to replay.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # so its saved state can load
+
     def compute_loss_and_updates(self, *args, optimizer_variables=None, **kwargs):
         # JAX trainer: compute_loss runs in a StatelessScope that maps the model's variables but
         # not the optimizer's, so `optimizer.iterations` would be a constant frozen at trace
