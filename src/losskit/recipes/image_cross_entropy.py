@@ -248,12 +248,14 @@ def plot(out_dir, summaries, naive, data, probs):
     X_test, Y_test = data[2], data[3]
     fig, axes = plt.subplots(3, 8, figsize=(10, 4))
     for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i >= len(X_test):
+            continue
         image = X_test[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image.astype("uint8"), cmap="gray")
         ok = probs[i].argmax() == Y_test[i].argmax()
         ax.set_title(f"{probs[i].argmax()} ({probs[i].max():.2f})", fontsize=8,
                      color="green" if ok else "red")
-        ax.axis("off")
     fig.suptitle("Test images: predicted class (probability), losskit CE, seed 0")
     files.append(common.save_figure(fig, out_dir, "test_predictions.png"))
     return files

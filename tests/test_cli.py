@@ -1,0 +1,143 @@
+"""The `losskit` command: listing, argument errors, and a run writing result.json + index.html.
+
+Runs use a tiny fake recipe module, so these tests exercise the command and the reports without
+training anything (the real recipes have their own tests).
+"""
+
+import json
+import sys
+import types
+
+import pytest
+
+from losskit import cli, recipes
+
+
+@pytest.fixture
+def fake_recipe(monkeypatch):
+    """Registers `fake-recipe`, which records its config and writes one plot."""
+    module = types.ModuleType("losskit_test_fake_recipe")
+    module.NAME = "fake-recipe"
+    module.SUMMARY = "a recipe for tests"
+    module.OPTIONS = {"dataset": "mnist", "scale": 1.0}
+    module.calls = []
+
+    def run(config):
+        module.calls.append(config)
+        (config.out_dir / "plot.png").write_bytes(b"\x89PNG fake")
+        return {
+            "config": {"seeds": config.seeds or 2},
+            "seeds": [0, 1],
+            "metrics": {"arm": {"rmse": {"mean": 1.5, "std": 0.5, "values": [1.0, 2.0]}}},
+            "history": {"arm": {"loss": {"mean": [2.0, float("nan")], "std": [0, 0],
+                                         "values": [[2.0, float("nan")]]}}},
+            "checks": {"same": {"ok": True, "max_abs_diff": 0.0}},
+            "plots": ["plot.png"],
+            "notes": ["a <note> & more"],
+        }
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(recipes, "RECIPES", {"fake-recipe": module.__name__})
+    return module
+
+
+def test_list_names_every_recipe(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("airfoil-huber", "credit-custom-gradient", "cancer-distillation",
+                 "image-cross-entropy", "vae-annealing"):
+        assert name in out
+
+
+def test_unknown_recipe_exits_nonzero_with_help(capsys, tmp_path):
+    code = cli.main(["run", "nope", "--out", str(tmp_path)])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "unknown recipe 'nope'" in err
+    assert "airfoil-huber" in err and "losskit list" in err
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "losskit.cli", "run", "nope", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "unknown recipe 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "airfoil-huber", "--seeds", "0"], "positive integer"),
+        (["run", "airfoil-huber", "--epochs", "two"], "positive integer"),
+        (["run", "airfoil-huber", "--verbose", "5"], "invalid choice"),
+        (["run", "airfoil-huber", "-o", "novalue"], "KEY=VALUE"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_options_exit_nonzero(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_run_writes_result_and_index(fake_recipe, tmp_path, capsys):
+    code = cli.main(["run", "fake-recipe", "--quick", "--seeds", "3", "--epochs", "2",
+                     "--out", str(tmp_path), "--verbose", "0", "-o", "scale=2.5",
+                     "--dataset", "cifar10"])
+    assert code == 0
+    (config,) = fake_recipe.calls
+    assert config.quick and config.seeds == 3 and config.epochs == 2 and config.verbose == 0
+    assert config.out_dir == tmp_path / "fake-recipe"
+    assert config.options == {"dataset": "cifar10", "scale": 2.5}
+
+    result = json.loads((tmp_path / "fake-recipe" / "result.json").read_text())
+    assert result["recipe"] == "fake-recipe"
+    assert result["metrics"]["arm"]["rmse"]["values"] == [1.0, 2.0]
+    assert result["history"]["arm"]["loss"]["mean"] == [2.0, None]  # NaN -> null, strict JSON
+    assert result["wall_time_s"] >= 0
+    assert result["versions"]["keras"] and result["versions"]["keras_backend"]
+    assert result["config"]["options"]["scale"] == 2.5
+
+    page = (tmp_path / "index.html").read_text()
+    assert "fake-recipe" in page and "1.5 ± 0.5" in page
+    assert "src='fake-recipe/plot.png'" in page
+    assert "a &lt;note&gt; &amp; more" in page  # escaped
+    out = capsys.readouterr().out
+    assert "rmse" in out and "index.html" in out
+
+
+def test_unknown_recipe_option_is_a_clear_error(fake_recipe, tmp_path, capsys):
+    code = cli.main(["run", "fake-recipe", "--out", str(tmp_path), "-o", "scael=2"])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "unknown option(s) scael" in err and "scale" in err
+    assert "Traceback" not in err
+    assert not fake_recipe.calls
+
+
+def test_run_all_continues_after_a_failure(fake_recipe, monkeypatch, tmp_path, capsys):
+    broken = types.ModuleType("losskit_test_broken_recipe")
+    broken.NAME, broken.SUMMARY = "broken", "fails"
+
+    def run(config):
+        raise RuntimeError("boom")
+
+    broken.run = run
+    monkeypatch.setitem(sys.modules, broken.__name__, broken)
+    monkeypatch.setattr(recipes, "RECIPES", {"broken": broken.__name__,
+                                             "fake-recipe": fake_recipe.__name__})
+    # -o options a recipe does not declare are dropped under `run all` rather than refused.
+    code = cli.main(["run", "all", "--out", str(tmp_path), "-o", "other=1"])
+    assert code == 1
+    assert "failed: broken" in capsys.readouterr().err
+    assert (tmp_path / "fake-recipe" / "result.json").exists()
+    assert fake_recipe.calls[0].options == {"dataset": "mnist", "scale": 1.0}
+    assert "fake-recipe" in (tmp_path / "index.html").read_text()
