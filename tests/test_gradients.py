@@ -321,3 +321,24 @@ def test_float32_function_is_refused_instead_of_measuring_noise():
 
     with pytest.raises(ValueError, match="float32"):
         losskit.check_gradients(float32_inside, np.ones(3, "float32"))
+
+
+@losskit.custom_gradient
+def scaled_softplus(x, scale=1.0):
+    def grad_fn(upstream):
+        return (upstream * scale * ops.sigmoid(x),)  # one entry per tensor input
+
+    return scale * ops.softplus(x), grad_fn
+
+
+def test_keyword_tensors_and_constant_hyperparameters():
+    x = np.linspace(-2, 2, 5).astype("float32")
+    value, (g,) = value_and_grad(lambda x: scaled_softplus(x=x, scale=3.0), x)
+    np.testing.assert_allclose(value, 3 * np.logaddexp(0, x), rtol=1e-6)
+    np.testing.assert_allclose(g, 3 / (1 + np.exp(-x)), rtol=1e-6)
+    losskit.check_gradients(lambda x: scaled_softplus(x, 2.0), x, raise_on_error=True)
+    # labels routed by name, as objective terms do
+    y, h, kernel, bias = _data()
+    a = ops.convert_to_numpy(head_nll(y, h, kernel, bias))
+    b = ops.convert_to_numpy(head_nll(bias=bias, kernel=kernel, h=h, y=y))
+    np.testing.assert_allclose(a, b)

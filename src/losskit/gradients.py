@@ -171,6 +171,47 @@ _BACKENDS = {
 }
 
 
+def _is_tensor_like(value):
+    """Arrays, backend tensors and Keras variables are inputs; Python scalars, strings and None
+    are constant hyperparameters."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _binder(f):
+    """Returns `bind(args, kwargs) -> (values, call)`: the call's arguments in signature order,
+    and `call(values)` calling `f` with replaced values. Functions with `*args`/`**kwargs` are
+    called positionally."""
+    import inspect
+
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):
+        signature = None
+    variadic = signature is None or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
+    )
+
+    def bind(args, kwargs):
+        if variadic:
+            if kwargs:
+                raise TypeError(
+                    f"losskit.custom_gradient '{f.__name__}' takes *args/**kwargs, so it must be "
+                    "called with positional tensors only."
+                )
+            return list(args), lambda values: f(*values)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        names = list(bound.arguments)
+
+        def call(values):
+            bound.arguments.update(zip(names, values))
+            return f(*bound.args, **bound.kwargs)
+
+        return list(bound.arguments.values()), call
+
+    return bind
+
+
 def custom_gradient(f):
     """Decorator: `f(*tensors)` returns `(value, grad_fn)` and `grad_fn(upstream)` returns one
     gradient per input, the same on the TensorFlow, JAX and PyTorch backends.
@@ -183,10 +224,13 @@ def custom_gradient(f):
         return keras.ops.softplus(x), grad_fn
     ```
 
+    - Inputs are the arguments that are tensors (arrays, backend tensors, Keras variables), passed
+      positionally or by keyword (objective terms call functions by parameter name). Python
+      scalars, strings and `None` (e.g. `temperature=2.0`) are constant hyperparameters.
     - `upstream` has the structure of `value` (a tensor for a single output). `grad_fn` returns a
-      tuple/list with one entry per positional input of `f`, each of that input's shape, or
-      `None` for inputs that get no gradient (labels, masks). Integer/bool inputs are never
-      differentiated; their gradient is ignored.
+      tuple/list with one entry per tensor input, in signature order (or one per parameter, with
+      `None` for hyperparameters), each of that input's shape, or `None` for inputs that get no
+      gradient (labels, masks). Integer/bool inputs are never differentiated.
     - The result mixes with autodiff: gradients flow through the hand-written rule into whatever
       produced the inputs (e.g. layers below a logistic head), inside `tf.function`, `jax.jit`
       and `Model.fit`. Keras variables passed as arguments are read as tensors; under TensorFlow
@@ -195,35 +239,42 @@ def custom_gradient(f):
       reachable; inside `losskit.gradients.plain_autodiff()` the hand-written gradient is bypassed
       and autodiff differentiates the forward pass, which is how `check_gradients` validates it.
     """
+    bind = _binder(f)
 
     @functools.wraps(f)
-    def wrapper(*args):
+    def wrapper(*args, **kwargs):
         if _plain_active():
-            return f(*args)[0]
-        tensors = [ops.convert_to_tensor(a) for a in args]
-        wrt = [i for i, t in enumerate(tensors) if _is_floating_dtype(t.dtype)]
+            return f(*args, **kwargs)[0]
+        values, call = bind(args, kwargs)
+        tensor_pos = [i for i, v in enumerate(values) if _is_tensor_like(v)]
+        values = [ops.convert_to_tensor(v) if i in tensor_pos else v for i, v in enumerate(values)]
+        wrt = [i for i in tensor_pos if _is_floating_dtype(values[i].dtype)]
         if not wrt:
-            return f(*tensors)[0]
+            return call(values)[0]
 
         def inner(*diff):
-            full = list(tensors)
+            full = list(values)
             for i, x in zip(wrt, diff):
                 full[i] = x
-            value, grad_fn = f(*full)
+            value, grad_fn = call(full)
 
             def rule(upstream):
                 grads = grad_fn(upstream)
                 if not isinstance(grads, (tuple, list)):
                     grads = (grads,)
-                if len(grads) != len(args):
+                if len(grads) == len(tensor_pos):
+                    by_position = dict(zip(tensor_pos, grads))
+                elif len(grads) == len(values):
+                    by_position = dict(enumerate(grads))
+                else:
                     raise ValueError(
                         f"losskit.custom_gradient '{f.__name__}': grad_fn returned "
-                        f"{len(grads)} gradient(s) for {len(args)} input(s); return one per input "
-                        "(None for inputs without a gradient)."
+                        f"{len(grads)} gradient(s) for {len(tensor_pos)} tensor input(s); return "
+                        "one per input (None for inputs without a gradient)."
                     )
                 out = []
                 for i, x in zip(wrt, diff):
-                    g = grads[i]
+                    g = by_position[i]
                     if g is None:
                         # JAX needs a cotangent for every differentiated input; zeros are exact.
                         out.append(None if keras.backend.backend() != "jax" else ops.zeros_like(x))
@@ -236,10 +287,10 @@ def custom_gradient(f):
         backend = keras.backend.backend()
         if backend not in _BACKENDS:
             raise NotImplementedError(f"losskit.custom_gradient does not support {backend!r}")
-        return _BACKENDS[backend](inner)(*[tensors[i] for i in wrt])
+        return _BACKENDS[backend](inner)(*[values[i] for i in wrt])
 
-    def forward(*args):
-        return f(*args)[0]
+    def forward(*args, **kwargs):
+        return f(*args, **kwargs)[0]
 
     wrapper.forward = forward
     wrapper.rule = f
