@@ -74,7 +74,7 @@ def np_info_nce(labels, x, temperature=0.1, normalize=True):
     return out
 
 
-def np_supcon(labels, x, temperature=0.07, normalize=True):
+def np_supcon(labels, x, temperature=0.1, normalize=True):
     s = np_logits(x, temperature, normalize)
     out = np.zeros(len(x))
     for i in range(len(x)):

@@ -289,7 +289,7 @@ def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=Non
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-def supcon(labels, embeddings, temperature=0.07, normalize=True, block_size=None):
+def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` (Khosla et al. 2020).
 
     With :math:`s_{ij} = z_i \cdot z_j / \tau` (:math:`z` L2-normalised when ``normalize``),
@@ -298,9 +298,10 @@ def supcon(labels, embeddings, temperature=0.07, normalize=True, block_size=None
     .. math:: \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)}
               \log \frac{e^{s_{ip}}}{\sum_{a \in A(i)} e^{s_{ia}}} .
 
-    Non-negative; 0 for anchors without a positive (as the reference implementation). Equals
-    `info_nce` when every anchor has exactly one positive. Shape ``(N,)``. (The reference code's
-    extra factor ``temperature / base_temperature`` is 1 at its defaults and is left out.)
+    Temperature 0.1 as in the paper (its code defaults to 0.07). Non-negative; 0 for anchors
+    without a positive (as the reference implementation). Equals `info_nce` when every anchor
+    has exactly one positive. Shape ``(N,)``. The reference code's extra factor
+    ``temperature / base_temperature`` (1 at its defaults) is left out.
 
     Reference: P. Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
