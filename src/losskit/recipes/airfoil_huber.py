@@ -34,7 +34,7 @@ OPTIONS = {
     "spike_low_db": 20.0,  # spike size ~ U(low, high) dB, added to the true label
     "spike_high_db": 40.0,
     "delta": 1.0,  # Huber threshold, in robust standard deviations of the target (~7 dB)
-    "batch_size": 32,
+    "batch_size": 64,
     "learning_rate": 3e-3,
     "tolerance": 0.02,  # regression_accuracy: |pred - true| <= 2% of the true level (~2.5 dB)
 }
@@ -192,7 +192,7 @@ def run(config):
     if float(options["delta"]) <= 0:
         raise RecipeError(f"{NAME}: delta must be positive, got {options['delta']}")
     seeds = common.seed_list(config, quick_default=2, full_default=5)
-    epochs = common.n_epochs(config, quick_default=12, full_default=120)
+    epochs = common.n_epochs(config, quick_default=12, full_default=60)
     config.out_dir.mkdir(parents=True, exist_ok=True)
 
     runs = {arm: [] for arm in ARMS}

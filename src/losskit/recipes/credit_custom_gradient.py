@@ -66,18 +66,12 @@ def build_model(n_features, latent_units):
     return keras.Model(inputs, probability, name="credit")
 
 
-def head_nll(y_true, inputs, kernel, bias):
-    """`logistic_nll`, called positionally (a `@custom_gradient` function takes positional
-    tensors; a `Term` passes them by parameter name)."""
-    return logistic_nll(y_true, inputs, kernel, bias)
-
-
 def make_objective():
     """The NLL term: labels, the head's input (a tapped layer) and the head's own variables."""
     return losskit.Objective(
         [
             losskit.Term(
-                head_nll,
+                logistic_nll,
                 y_true="y",
                 inputs="layer.latent",
                 kernel="var.logistic.kernel",
