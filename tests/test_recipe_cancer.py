@@ -37,6 +37,14 @@ def test_teacher_probabilities_are_valid_and_favour_the_training_labels():
         assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
     # The GP fitted on these rows leans towards each row's own label.
     assert np.all((on_train > 0.5) == (data["y_train"] == 1))
+    # The default length scale is scikit-learn's default kernel (the original article's teacher).
+    from sklearn.gaussian_process import GaussianProcessClassifier
+
+    default = GaussianProcessClassifier().fit(data["X_train"], data["y_train"])
+    np.testing.assert_allclose(on_test, default.predict_proba(data["X_test"])[:, 1], atol=1e-6)
+    # A longer length scale reaches the test rows: a more confident, better teacher there.
+    _, wider = recipe.teacher_probabilities(data, 0, length_scale=5.5)
+    assert np.abs(wider - 0.5).mean() > np.abs(on_test - 0.5).mean()
 
 
 def test_bernoulli_kl_matches_closed_form_and_is_zero_on_agreement():
@@ -66,6 +74,9 @@ def test_bad_options_raise_recipe_error(tmp_path):
     with pytest.raises(RecipeError, match="kl_weight"):
         recipe.run(RecipeConfig(out_dir=tmp_path, quick=True, verbose=0,
                                 options={"kl_weight": -1.0}))
+    with pytest.raises(RecipeError, match="teacher_length_scale"):
+        recipe.run(RecipeConfig(out_dir=tmp_path, quick=True, verbose=0,
+                                options={"teacher_length_scale": 0}))
 
 
 def test_quick_run_reports_every_arm_per_seed(result):

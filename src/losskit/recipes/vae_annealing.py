@@ -207,12 +207,12 @@ def plot(out_dir, summaries, models, data, seed):
     side = data["side"]
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for arm in ARMS:
+    for arm, color in zip(ARMS, ("C0", "C1")):
         for ax, key in zip(axes[:2], ("recon", "kl")):
-            common.plot_curves(ax, summaries[arm], key, f"{labels[arm]}, train")
+            common.plot_curves(ax, summaries[arm], key, f"{labels[arm]}, train", color=color)
             common.plot_curves(ax, summaries[arm], f"val_{key}", f"{labels[arm]}, held-out",
-                               ls="--")
-        common.plot_curves(axes[2], summaries[arm], "kl_weight", labels[arm])
+                               color=color, ls="--")
+        common.plot_curves(axes[2], summaries[arm], "kl_weight", labels[arm], color=color)
     axes[0].set(xlabel="epoch", ylabel="nats / image", title="reconstruction NLL (recon)")
     axes[1].set(xlabel="epoch", ylabel="nats / image", title="KL(q(z|x) || N(0, I)) (kl)")
     axes[2].set(xlabel="epoch", ylabel="weight", title="KL weight at the end of each epoch")
