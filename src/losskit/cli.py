@@ -62,7 +62,9 @@ def build_parser():
         help="Keras fit verbosity: 1 = progress bar per epoch (default), 2 = one line, 0 = silent",
     )
     run.add_argument(
-        "--dataset", help="image-cross-entropy: 'mnist' (offline, default) or 'cifar10'"
+        "--dataset",
+        help="the recipe's dataset option (image-cross-entropy: mnist or cifar10 [online]; "
+        "vae-annealing: mnist or digits)",
     )
     run.add_argument("--backbone", help="image-cross-entropy: 'cnn' (default) or 'vgg16'")
     run.add_argument(
