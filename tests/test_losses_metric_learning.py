@@ -171,7 +171,7 @@ def test_anchors_without_positives_contribute_zero():
     x = embeddings(5)
     for fn in (ml.info_nce, ml.supcon, ml.triplet):  # contrastive still pushes negatives away
         np.testing.assert_array_equal(np_(fn(labels, x)), np.zeros(5))
-        np.testing.assert_array_equal(np_(fn(labels, x, block_size=2)), np.zeros(5))
+    np.testing.assert_array_equal(np_(ml.supcon(labels, x, block_size=2)), np.zeros(5))
     for fn in ml.FUNCTIONS:  # a batch of one
         np.testing.assert_array_equal(np_(fn(np.array([3]), x[:1])), [0.0])
 
@@ -237,6 +237,10 @@ def test_blocked_with_unknown_batch_size_in_a_graph():
     np.testing.assert_allclose(value.numpy(), np_triplet(LABELS, x, mining="semi_hard"), rtol=1e-4)
     _, (expected_grad,) = value_and_grad(lambda e: ml.triplet(LABELS, e, mining="semi_hard"), x)
     np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-5, atol=1e-6)
+    spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 3], tf.float32)]
+    for fn in ml.FUNCTIONS:  # unblocked, unknown batch size
+        graph = tf.function(fn, input_signature=spec)
+        np.testing.assert_allclose(graph(LABELS, x).numpy(), np_(fn(LABELS, x)), rtol=1e-5)
 
 
 def test_jit_blocked():

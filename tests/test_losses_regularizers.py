@@ -76,3 +76,22 @@ def test_activity_regulariser_adds_weighted_batch_mean(tmp_path):
     np.testing.assert_allclose(
         model.evaluate(x, y, verbose=0), loaded.evaluate(x, y, verbose=0), rtol=1e-6
     )
+
+
+def test_as_an_objective_term_mse_plus_mean_squared_activations():
+    """The "MSE + mean squared activations of layer 1" objective, called directly."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(5, 1)).astype("float32")
+    pred = rng.normal(size=(5, 1)).astype("float32")
+    hidden = rng.normal(size=(5, 4)).astype("float32")
+    objective = losskit.Objective(
+        [
+            losskit.Term(losskit.losses.mse, name="mse"),
+            losskit.Term(reg.activation_l2, a="layer.dense_1", weight=0.1, name="act"),
+        ]
+    )
+    total, terms = objective({}, y, pred, layers={"dense_1": hidden})
+    mse = np.mean((y - pred) ** 2)
+    act = np.mean(hidden.astype(float) ** 2)
+    np.testing.assert_allclose(np_(terms["act"]), act, rtol=1e-5)
+    np.testing.assert_allclose(np_(total), mse + 0.1 * act, rtol=1e-5)
