@@ -131,14 +131,21 @@ class ObjectiveModel(keras.Model):
             self.built = True
 
     def _tap(self, inner):
-        if not isinstance(inner, keras.Model) or not hasattr(inner, "_run_through_graph"):
+        graph = isinstance(inner, keras.Sequential) or hasattr(inner, "_run_through_graph")
+        if not graph:
             raise ValueError(
                 f"ObjectiveModel: sources {['layer.' + n for n in self._taps]} tap inner layers, "
                 f"which needs a functional (or Sequential) inner model; {type(inner).__name__} is "
                 "subclassed. Build it with keras.Model(inputs, outputs), or return the tensors as "
                 "extra outputs and use 'pred.<key>' sources."
             )
-        outputs = {"pred": inner.output}
+        sequential = isinstance(inner, keras.Sequential)  # has .inputs/.outputs, no .output
+        if sequential and not inner.built:
+            raise ValueError(
+                "ObjectiveModel: build the Sequential inner model (keras.Input first)."
+            )
+        inputs = inner.inputs[0] if sequential else inner.input
+        outputs = {"pred": inner.outputs[0] if sequential else inner.output}
         for name in self._taps:
             try:
                 outputs[f"layer.{name}"] = inner.get_layer(name).output
@@ -148,7 +155,7 @@ class ObjectiveModel(keras.Model):
                     f"ObjectiveModel: source 'layer.{name}' names no layer of "
                     f"{inner.name}; its layers are {names}."
                 ) from None
-        return keras.Model(inner.input, outputs, name=f"{inner.name}_tapped")
+        return keras.Model(inputs, outputs, name=f"{inner.name}_tapped")
 
     # ----- forward pass -------------------------------------------------------------------------
 
