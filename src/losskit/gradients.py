@@ -95,7 +95,9 @@ _state = threading.local()
 def plain_autodiff():
     """Within this context every `@custom_gradient` function ignores its hand-written gradient and
     is differentiated by plain autodiff of its forward pass. `check_gradients` uses it to obtain the
-    reference gradient; it is also handy to debug a suspicious gradient rule in a training loop."""
+    reference gradient; it is also handy to debug a suspicious gradient rule in a training loop.
+    It acts when a function is traced: a `tf.function`/`jax.jit` step traced before entering the
+    context keeps the hand-written rule (build and compile the model inside the context)."""
     previous = getattr(_state, "plain", False)
     _state.plain = True
     try:
