@@ -233,10 +233,12 @@ def plot(out_dir, summaries, naive, data, probs):
     files.append(common.save_figure(fig, out_dir, "training_curves.png"))
 
     # The loss as the true-class probability goes to 0: naive hits Inf, losskit/Keras clip.
+    # Two classes: the true one at probability p, the other at 1 - p.
     p = np.concatenate([np.logspace(-12, 0, 200), [0.0]]).astype("float32")
-    y = np.ones((len(p), 1), "float32")
-    naive_curve = ops.convert_to_numpy(naive_categorical_crossentropy(y, p[:, None]))
-    ours = ops.convert_to_numpy(losses.categorical_crossentropy(y, p[:, None]))
+    probs = np.stack([p, 1.0 - p], axis=-1)
+    y = np.tile(np.array([[1.0, 0.0]], "float32"), (len(p), 1))
+    naive_curve = ops.convert_to_numpy(naive_categorical_crossentropy(y, probs))
+    ours = ops.convert_to_numpy(losses.categorical_crossentropy(y, probs))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(p[:-1], naive_curve[:-1], label="naive -sum(y log p)", lw=3, alpha=0.5)
     ax.plot(p[:-1], ours[:-1], "k--", label="losskit (clipped at epsilon)")
