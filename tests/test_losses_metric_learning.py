@@ -326,3 +326,13 @@ def test_saved_in_a_compiled_model(cls, tmp_path):
     np.testing.assert_allclose(
         np_(loaded.loss(labels, emb)), np_(model.loss(labels, emb)), rtol=1e-6
     )
+
+
+def test_registry_and_function_serialization():
+    assert losskit.losses.FAMILIES["metric_learning"] == tuple(f.__name__ for f in ml.FUNCTIONS)
+    for fn in ml.FUNCTIONS:
+        assert losskit.losses.ALL[fn.__name__] is fn is getattr(losskit.losses, fn.__name__)
+        assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fn)) is fn
+        assert "Reference" in fn.__doc__
+    for cls in ml.CLASSES:
+        assert losskit.losses.CLASSES[cls.__name__] is cls is getattr(losskit.losses, cls.__name__)

@@ -51,6 +51,10 @@ def test_no_loss_class_but_in_the_registry():
     assert reg.CLASSES == ()
     assert losskit.losses.ALL["activation_l2"] is reg.activation_l2
     assert keras.saving.get_registered_object("losskit.losses>activation_l2") is reg.activation_l2
+    fn = reg.activation_l2
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fn)) is fn
+    assert losskit.losses.FAMILIES["regularizers"] == ("activation_l2",)
+    assert losskit.losses.ActivationL2 is reg.ActivationL2 and "Reference" in fn.__doc__
 
 
 def test_activity_regulariser_adds_weighted_batch_mean(tmp_path):

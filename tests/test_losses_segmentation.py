@@ -258,3 +258,13 @@ def test_saved_in_a_compiled_model(cls, tmp_path):
         np.testing.assert_array_equal(w, w_loaded)
     pred = model(x)
     np.testing.assert_allclose(np_(loaded.loss(y, pred)), np_(model.loss(y, pred)), rtol=1e-6)
+
+
+def test_registry_and_function_serialization():
+    assert losskit.losses.FAMILIES["segmentation"] == tuple(f.__name__ for f in seg.FUNCTIONS)
+    for fn in seg.FUNCTIONS:
+        assert losskit.losses.ALL[fn.__name__] is fn is getattr(losskit.losses, fn.__name__)
+        assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fn)) is fn
+        assert "Reference" in fn.__doc__
+    for cls in seg.CLASSES:
+        assert losskit.losses.CLASSES[cls.__name__] is cls is getattr(losskit.losses, cls.__name__)

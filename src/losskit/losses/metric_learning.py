@@ -326,6 +326,8 @@ SupCon = loss(supcon, name="SupCon", package=_PACKAGE, sparse_labels=True)
 FUNCTIONS = (contrastive, triplet, info_nce, supcon)
 CLASSES = (Contrastive, Triplet, InfoNCE, SupCon)
 
+# The building blocks (pairwise_distance, label_masks, the miners, per_anchor) stay in this
+# module's namespace, out of `losskit.losses`.
 __all__ = [
     "FUNCTIONS",
     "CLASSES",
@@ -337,11 +339,4 @@ __all__ = [
     "Triplet",
     "InfoNCE",
     "SupCon",
-    "pairwise_similarity",
-    "pairwise_squared_distance",
-    "pairwise_distance",
-    "label_masks",
-    "hardest_positive_negative",
-    "semi_hard_negatives",
-    "per_anchor",
 ]

@@ -176,6 +176,4 @@ __all__ = [
     "Tversky",
     "FocalTversky",
     "LovaszHinge",
-    "overlap_counts",
-    "lovasz_gradient",
 ]
