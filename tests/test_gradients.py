@@ -342,3 +342,15 @@ def test_keyword_tensors_and_constant_hyperparameters():
     a = ops.convert_to_numpy(head_nll(y, h, kernel, bias))
     b = ops.convert_to_numpy(head_nll(bias=bias, kernel=kernel, h=h, y=y))
     np.testing.assert_allclose(a, b)
+
+
+def test_non_finite_gradient_fails_the_check():
+    @losskit.custom_gradient
+    def nan_rule(x):
+        def grad_fn(upstream):
+            return (upstream * ops.log(x - x - 1.0),)  # log(-1) = nan
+
+        return ops.softplus(x), grad_fn
+
+    report = losskit.check_gradients(nan_rule, np.ones((2, 2), "float32"))
+    assert not report.ok

@@ -459,12 +459,13 @@ def _compare(reference, got, expected, atol, rtol):
         return Comparison(reference, 0.0, 0.0, (), 0.0, 0.0, True)
     flat = int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)))
     index = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
-    rel = diff / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
+    with np.errstate(divide="ignore", invalid="ignore"):  # inf where the reference is exactly 0
+        rel = np.where(diff == 0, 0.0, diff / np.abs(expected))
     finite = np.all(np.isfinite(got)) and np.all(np.isfinite(expected))
     return Comparison(
         reference=reference,
         max_abs_error=float(np.max(diff)),
-        max_rel_error=float(np.max(np.where(diff == 0, 0.0, rel))),
+        max_rel_error=float(np.max(rel)),
         worst_index=index,
         got=float(got[index]),
         expected=float(expected[index]),
