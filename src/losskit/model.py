@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 from keras.src.utils.tracking import no_automatic_dependency_tracking  # as Trainer.compile uses
 
-from losskit.objective import Objective
+from losskit.objective import Objective, _batch_size, _replicas
 
 
 class _TotalTracker(keras.metrics.Mean):
@@ -117,8 +117,8 @@ class ObjectiveModel(keras.Model):
         self._weight_trackers = [
             _Latest(f"{t.name}_weight") for t in objective.terms if callable(t.weight)
         ]
-        # The step schedules saw last. Under JAX the compiled evaluation step cannot read the
-        # optimizer's step (it is not part of its state); this model variable is.
+        # The step after the last training step, read by evaluation: under JAX the compiled test
+        # step cannot read the optimizer's step (not part of its state); a model variable is.
         self._objective_step = self.add_weight(
             shape=(),
             initializer="zeros",
@@ -277,9 +277,7 @@ class ObjectiveModel(keras.Model):
         return total
 
     def _track(self, x, pred, total, values, weights):
-        from losskit.objective import _batch_size, _replicas
-
-        replicas, ctx = _replicas()
+        _, ctx = _replicas()
         n_local = _batch_size(pred, x)
         n_global = ctx.all_reduce("sum", n_local) if ctx else n_local
         # A replica's share times N_global / n_local, weighted by n_local, sums to the global
