@@ -272,3 +272,41 @@ def test_tensorboard_callback_writes_every_term(tmp_path):
     for name in ["loss", "bce", "distill", "act"]:
         assert written[f"epoch_{name}"] == pytest.approx(history.history[name][0])
         assert written_val[f"epoch_{name}"] == pytest.approx(history.history[f"val_{name}"][0])
+
+
+def test_sequential_taps_dict_outputs_and_compiled_metrics():
+    seq = keras.Sequential(
+        [
+            keras.Input((4,), name="features"),
+            keras.layers.Dense(3, name="d1"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model = ObjectiveModel(
+        seq,
+        [
+            Term(keras.losses.binary_crossentropy, name="bce"),
+            Term(mean_square, a="layer.d1", weight=0.1, name="act"),
+        ],
+    )
+    model.compile(optimizer="sgd", metrics=["accuracy"])
+    logs = model.evaluate({"features": X}, Y, verbose=0, return_dict=True)
+    hidden = keras.Model(seq.inputs, seq.get_layer("d1").output).predict(X, verbose=0)
+    np.testing.assert_allclose(logs["act"], (hidden**2).mean(), rtol=1e-5)
+    assert "accuracy" in logs
+
+    inp = keras.Input((4,), name="features")
+    heads = {"a": keras.layers.Dense(1, name="a")(inp), "b": keras.layers.Dense(2, name="b")(inp)}
+    two = ObjectiveModel(
+        keras.Model(inp, heads),
+        [
+            Term(keras.losses.mean_squared_error, y_true="y.a", y_pred="pred.a", name="ta"),
+            Term(mean_square, a="pred.b", name="tb"),
+        ],
+    )
+    two.compile(optimizer="sgd")
+    y = {"a": Y[:, None], "b": np.zeros((N, 2), "float32")}
+    logs = two.evaluate({"features": X}, y, verbose=0, return_dict=True)
+    out = two.predict({"features": X}, verbose=0)
+    np.testing.assert_allclose(logs["ta"], ((out["a"][:, 0] - Y) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["tb"], (out["b"] ** 2).mean(), rtol=1e-5)
