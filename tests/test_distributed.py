@@ -17,8 +17,9 @@ import pytest
 from tests.conftest import only_backend
 
 # The job: a tiny functional model with side data, a tapped layer, sample weights and a
-# scheduled term, trained one SGD step on a global batch of 8, first on one device (reference),
-# then under the distribution named by the mode. Prints a JSON line with weights and logs.
+# scheduled term, trained one SGD step on a global batch of 8 (MirroredStrategy: then one more on
+# 7 samples, split 4 + 3), first on one device (reference), then under the distribution named by
+# the mode. Prints a JSON line with weights and logs.
 JOB = textwrap.dedent(
     """
     import json, os, sys
@@ -70,6 +71,9 @@ JOB = textwrap.dedent(
     def step(model):
         h = model.fit({"features": X, "teacher": T}, Y, sample_weight=W, batch_size=8,
                       epochs=1, shuffle=False, verbose=0)
+        if mode == "mirrored":  # then a step on 7 samples: an uneven 4 + 3 split
+            h = model.fit({"features": X[:7], "teacher": T[:7]}, Y[:7], sample_weight=W[:7],
+                          batch_size=7, epochs=1, shuffle=False, verbose=0)
         return {"weights": [w.tolist() for w in model.inner.get_weights()],
                 "logs": {k: v[-1] for k, v in h.history.items()}}
 
