@@ -45,6 +45,8 @@ def test_losskit_and_keras_huber_train_identically(result):
         res["metrics"]["keras_huber"]["test_rmse_db"]["values"], rtol=1e-4,
     )
     assert res["checks"]["huber_curves_match"]["ok"]
+    step = res["checks"]["huber_same_step"]  # one step: same value and gradient
+    assert step["ok"] and step["abs_value_diff"] <= 1e-6 and step["max_abs_gradient_diff"] <= 1e-7
 
 
 def test_corruption_touches_training_labels_only():
