@@ -258,7 +258,7 @@ def test_jit_blocked():
 
 # ----------------------------------------------------------------- extreme inputs (hypothesis)
 
-CASES_EXTREME = CASES[::2] + [CASES[3], CASES[7]]
+CASES_EXTREME = CASES[::2] + [CASES[3], CASES[7], CASES[9]]
 
 
 @given(
