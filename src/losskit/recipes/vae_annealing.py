@@ -191,7 +191,7 @@ def train_arm(arm, data, seed, epochs, options, verbose):
 
 def grid(pictures, rows, cols, side):
     """Tiles `rows * cols` flattened square images into one 2-D array (1-pixel white gaps)."""
-    out = np.ones((rows * (side + 1) - 1, cols * (side + 1) - 1))
+    out = np.zeros((rows * (side + 1) - 1, cols * (side + 1) - 1))  # 0 = white in "gray_r"
     for k, picture in enumerate(pictures[: rows * cols]):
         r, c = divmod(k, cols)
         out[r * (side + 1):r * (side + 1) + side, c * (side + 1):c * (side + 1) + side] = (
@@ -200,7 +200,7 @@ def grid(pictures, rows, cols, side):
     return out
 
 
-def plot(out_dir, summaries, models, data, seed):
+def plot(out_dir, summaries, models, data, latent_dim, seed):
     plt = common.pyplot()
     files = []
     labels = {"kl_annealed": "KL annealed (Linear 0 -> 1)", "kl_constant": "KL weight 1"}
@@ -236,7 +236,7 @@ def plot(out_dir, summaries, models, data, seed):
     files.append(common.save_figure(fig, out_dir, "reconstructions.png"))
 
     # Decoded samples from the prior z ~ N(0, I): the same z for both arms.
-    z = np.random.default_rng(seed).standard_normal((64, int(models["z_dim"])))
+    z = np.random.default_rng(seed).standard_normal((64, latent_dim))
     fig, axes = plt.subplots(1, len(ARMS), figsize=(10, 5.2))
     for ax, arm in zip(axes, ARMS):
         ax.imshow(grid(images(models[arm][1], z), 8, 8, side), cmap="gray_r", vmin=0, vmax=1)
@@ -265,7 +265,7 @@ def run(config):
 
     runs = {arm: [] for arm in ARMS}
     histories = {arm: [] for arm in ARMS}
-    models = {"z_dim": int(options["latent_dim"])}
+    models = {}  # arm -> (encoder, decoder) of the first seed, which draw the pictures
     bar = common.Progress(len(seeds) * len(ARMS), NAME)
     for seed in seeds:
         for arm in ARMS:
@@ -277,7 +277,7 @@ def run(config):
             runs[arm].append(scores)
             histories[arm].append(history)
             if seed == seeds[0]:
-                models[arm] = (encoder, decoder)  # the first seed's models draw the pictures
+                models[arm] = (encoder, decoder)
             bar.done(f"held-out ELBO {scores['elbo']:.1f}, {scores['active_units']} active units")
 
     metrics = common.summarize_runs(runs)
@@ -303,6 +303,7 @@ def run(config):
         "seeds": seeds,
         "metrics": metrics,
         "history": summaries,
-        "plots": plot(config.out_dir, summaries, models, data, seeds[0]),
+        "plots": plot(config.out_dir, summaries, models, data, int(options["latent_dim"]),
+                      seeds[0]),
         "notes": notes,
     }
