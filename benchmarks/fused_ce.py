@@ -4,15 +4,25 @@ Forward + backward (gradients w.r.t. hidden, weight and bias) of a language-mode
 tokens, H = 1024, V = 32768, float32, where the naive logits alone take 1 GiB. Targets (issue 7):
 peak extra memory <= 1/8 of naive, time <= 1.3x naive on CPU.
 
-Peak extra memory of a call = resident high-water mark during the call minus resident size before
-it (the kernel's mark is reset before every call). The children run with
-`MALLOC_MMAP_THRESHOLD_=65536`, so buffers freed by one call leave the resident set instead of
-being recycled silently by the next one.
+- Time: one process per backend, candidates interleaved over `--repeats` rounds (median).
+- Memory: a fresh process per (backend, compile mode, candidate) makes the inputs, compiles the
+  step (JAX: ahead of time; TensorFlow: traced ahead, but XLA compiles on the first call, so
+  its compiler's memory is included in `jit` mode), then runs it once: peak extra memory = resident
+  high-water mark during the call minus the resident size just before it. A fresh process
+  matters: TensorFlow keeps freed buffers resident, so a second call in the same process would
+  reuse them unseen.
 
-    python benchmarks/fused_ce.py            # both backends, full size
-    python benchmarks/fused_ce.py --quick    # tiny sizes
+Compile modes: `jit` (`tf.function(jit_compile=True)` / `jax.jit`) and, under TensorFlow, `graph`
+(`tf.function` without XLA, which is what `Model.fit` uses on a CPU-only TensorFlow).
+
+    python benchmarks/fused_ce.py                 # both backends, full size
+    python benchmarks/fused_ce.py --quick         # tiny sizes
+    python benchmarks/fused_ce.py --candidates naive fused fused_per_token
 """
 
+import json
+import os
+import subprocess
 import sys
 
 import common
@@ -22,24 +32,27 @@ def naive_loss(hidden, weight, bias, labels):
     from keras import ops
 
     logits = ops.matmul(hidden, ops.transpose(weight)) + bias
-    ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    return ops.mean(ce)
+    return ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
-def fused_loss(hidden, weight, bias, labels, reduction="mean"):
-    from losskit.losses.fused import fused_linear_cross_entropy
+def fused_loss(hidden, weight, bias, labels):
+    from losskit.losses import fused_linear_cross_entropy
 
-    loss = fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction=reduction)
-    return loss if reduction == "mean" else ops_mean(loss)
+    return fused_linear_cross_entropy(hidden, weight, labels, bias=bias)
 
 
-def ops_mean(x):
+def fused_per_token_loss(hidden, weight, bias, labels):
     from keras import ops
 
-    return ops.mean(x)
+    from losskit.losses import fused_linear_cross_entropy
+
+    return ops.mean(fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction="none"))
 
 
-def child(args):
+LOSSES = {"naive": naive_loss, "fused": fused_loss, "fused_per_token": fused_per_token_loss}
+
+
+def setup(args):
     import keras
     import numpy as np
 
@@ -51,33 +64,67 @@ def child(args):
         np.zeros(v, "float32"),
         rng.integers(0, v, size=n).astype("int32"),
     )
-    losses = {
-        "naive": naive_loss,
-        "fused": fused_loss,
-        "fused_per_token": lambda *a: fused_loss(*a, reduction="none"),
-    }
     modes = {"jit": True}
-    if keras.backend.backend() == "tensorflow" and not args.jit_only:
-        modes["graph"] = False  # Keras's default on a CPU-only TensorFlow: jit_compile off
+    if keras.backend.backend() == "tensorflow":
+        modes["graph"] = False
+    return (n, h, v), inputs, modes
+
+
+def step_fn(name, jit):
+    return common.compile_fn(common.value_and_grads(LOSSES[name], (0, 1, 2)), jit=jit)
+
+
+def probe(args):
+    """One call of one candidate in this fresh process; prints its peak extra memory as JSON."""
+    import gc
+
+    import keras
+
+    import losskit.losses  # noqa: F401 -- imported before the measurement, not during it
+
+    _, inputs, modes = setup(args)
+    step = step_fn(args.probe, modes[args.probe_mode])
+    if keras.backend.backend() == "jax":
+        step = step.lower(*inputs).compile()  # compile outside the measured call
+    else:
+        step.get_concrete_function(*inputs)  # trace outside it (XLA still compiles in the call)
+    gc.collect()
+    before = common.reset_peak_rss()
+    out = common.block(step(*inputs))
+    peak = common.peak_rss()
+    loss = float(keras.ops.convert_to_numpy(out[0]))
+    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20, "rss_before_mib": before / 2**20,
+                      "loss": loss}))
+
+
+def child(args):
+    (n, h, v), inputs, modes = setup(args)
     result = {"shape": {"N": n, "H": h, "V": v}, "naive_logits_mib": n * v * 4 / 2**20, "modes": {}}
     for mode, jit in modes.items():
-        steps = {
-            name: common.compile_fn(common.value_and_grads(fn, (0, 1, 2)), jit=jit)
-            for name, fn in losses.items()
-            if name in args.candidates
-        }
-        thunks = {name: (lambda s=s: s(*inputs)) for name, s in steps.items()}
-        check = {name: keras.ops.convert_to_numpy(s(*inputs)[0]) for name, s in steps.items()}
-        timing = common.interleaved(thunks, repeats=args.repeats, memory=True)
-        naive_peak = timing["naive"]["peak_extra_mib"]
+        steps = {name: step_fn(name, jit) for name in args.candidates}
+        timing = common.interleaved(
+            {name: (lambda s=s: s(*inputs)) for name, s in steps.items()}, repeats=args.repeats
+        )
         for name, r in common.ratios(timing, "naive").items():
             timing[name].update(r)
-            timing[name]["memory_ratio"] = timing[name]["peak_extra_mib"] / naive_peak
-            timing[name]["loss"] = float(check[name])
+            timing[name].update(measure_memory(args, name, mode))
+        naive_peak = timing["naive"]["peak_extra_mib"]
+        for r in timing.values():
+            r["memory_ratio"] = r["peak_extra_mib"] / naive_peak
         result["modes"][mode] = timing
-        print(mode, {k: (round(t["ratio"], 3), round(t["memory_ratio"], 3), round(t["median_s"], 2),
-                         round(t["peak_extra_mib"])) for k, t in timing.items()}, flush=True)
+        for name, r in timing.items():
+            print(f"{args.backend:10s} {mode:5s} {name:16s} {r['median_s']:8.3f} s  "
+                  f"time ratio {r['ratio']:.3f}  peak extra {r['peak_extra_mib']:8.1f} MiB  "
+                  f"memory ratio {r['memory_ratio']:.3f}", flush=True)
     common.save_child("fused_ce", args.backend, result)
+
+
+def measure_memory(args, name, mode):
+    argv = [a for a in sys.argv[1:]]
+    cmd = [sys.executable, __file__, *argv, "--probe", name, "--probe-mode", mode]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
@@ -86,14 +133,15 @@ def main():
         tokens=dict(type=int, default=8192),
         hidden=dict(type=int, default=1024),
         vocab=dict(type=int, default=32768),
-        candidates=dict(nargs="+", default=["naive", "fused", "fused_per_token"]),
-        jit_only=dict(action="store_true", help="skip TensorFlow's non-XLA graph mode"),
+        candidates=dict(nargs="+", default=["naive", "fused"], choices=list(LOSSES)),
+        probe=dict(choices=list(LOSSES), help="internal: measure one candidate's memory"),
+        probe_mode=dict(choices=["jit", "graph"], help="internal: its compile mode"),
     )
+    if args.probe:
+        return probe(args)
     if args.backend:
         return child(args)
-    common.run_per_backend(
-        "fused_ce", __file__, sys.argv[1:], env={"MALLOC_MMAP_THRESHOLD_": "65536"}
-    )
+    common.run_per_backend("fused_ce", __file__, sys.argv[1:])
 
 
 if __name__ == "__main__":
