@@ -222,7 +222,7 @@ def run(config):
     if float(options["delta"]) <= 0:
         raise RecipeError(f"{NAME}: delta must be positive, got {options['delta']}")
     seeds = common.seed_list(config, quick_default=2, full_default=5)
-    epochs = common.n_epochs(config, quick_default=12, full_default=60)
+    epochs = common.n_epochs(config, quick_default=8, full_default=60)
     config.out_dir.mkdir(parents=True, exist_ok=True)
 
     runs = {arm: [] for arm in ARMS}
