@@ -12,6 +12,7 @@ Keras backend and under `jit`.
 
 import math
 
+import keras
 from keras import ops
 
 from losskit.gradients import custom_gradient
@@ -21,6 +22,21 @@ __all__ = ["CLASSES", "FUNCTIONS", "fused_linear_cross_entropy"]
 
 # Liger-Kernel's rule: a chunk's logits are about as large as `hidden` itself.
 _MAX_AUTO_CHUNK = 4096
+
+
+def _fori_loop(upper, body, init):
+    """`keras.ops.fori_loop(0, upper, body, init)`, one iteration at a time.
+
+    TensorFlow graphs (no XLA, what `Model.fit` uses on CPU) otherwise run up to 10 iterations
+    ahead, each holding a chunk's logits and a `V x H` weight-gradient term: 2.4x the naive
+    peak memory instead of a fraction of it.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        step = lambda i, v: (i + 1, body(i, v))
+        return tf.while_loop(lambda i, _: i < upper, step, (0, init), parallel_iterations=1)[1]
+    return ops.fori_loop(0, upper, body, init)
 
 
 def _auto_chunk_size(n, hidden_dim, vocab):
@@ -144,7 +160,7 @@ def fused_linear_cross_entropy(
         y_chunks = ops.cast(y_chunks, "int32")
 
         def loop(body, init):
-            return ops.fori_loop(0, ops.shape(h_chunks)[0], body, init)
+            return _fori_loop(ops.shape(h_chunks)[0], body, init)
 
         if reduction == "none":
             # Per-token values now; the gradient recomputes each chunk's logits (Cut CE).
