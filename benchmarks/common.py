@@ -28,6 +28,10 @@ def parse_args(description, **extra):
     """`--backend` (child mode), `--quick` (tiny sizes), `--repeats`, plus script options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--backend", choices=BACKENDS, help="run in this process (child mode)")
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+        help="backends to (re)run; the others' latest results are merged in",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     for flag, kwargs in extra.items():
@@ -35,10 +39,16 @@ def parse_args(description, **extra):
     return parser.parse_args()
 
 
-def run_per_backend(name, script, argv, env=None):
-    """Runs `script --backend B` for each backend in a fresh process; merges and saves the JSON."""
+def run_per_backend(name, script, argv, env=None, backends=BACKENDS):
+    """Runs `script --backend B` for each of `backends` in a fresh process; merges the results of
+    every backend (earlier runs for the others) into `results/{name}.json`."""
     merged = {"benchmark": name, "machine": machine(), "backends": {}}
     for backend in BACKENDS:
+        if backend not in backends:
+            path = RESULTS / f"{name}.{backend}.json"
+            if path.exists():
+                merged["backends"][backend] = json.loads(path.read_text())
+            continue
         child_env = {**os.environ, **(env or {}), "KERAS_BACKEND": backend}
         child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         cmd = [sys.executable, str(script), "--backend", backend, *argv]
@@ -46,6 +56,7 @@ def run_per_backend(name, script, argv, env=None):
         start = time.perf_counter()
         subprocess.run(cmd, env=child_env, check=True)
         child = json.loads((RESULTS / f"{name}.{backend}.json").read_text())
+        child["machine"] = machine()  # load average after the run
         merged["backends"][backend] = child
         print(f"[{name}] {backend} done in {time.perf_counter() - start:.0f} s", flush=True)
     save(name, merged)
@@ -60,7 +71,7 @@ def save(name, data):
 
 
 def save_child(name, backend, data):
-    return save(f"{name}.{backend}", {"versions": versions(), **data})
+    return save(f"{name}.{backend}", {"versions": versions(), "started": machine(), **data})
 
 
 def machine():

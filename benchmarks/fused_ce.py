@@ -141,7 +141,9 @@ def main():
         return probe(args)
     if args.backend:
         return child(args)
-    common.run_per_backend("fused_ce", __file__, sys.argv[1:])
+    common.run_per_backend(
+        "fused_ce", __file__, sys.argv[1:], backends=args.backends
+    )
 
 
 if __name__ == "__main__":

@@ -170,7 +170,9 @@ def main():
     )
     if args.backend:
         return child(args)
-    common.run_per_backend("losses", __file__, sys.argv[1:])
+    common.run_per_backend(
+        "losses", __file__, sys.argv[1:], backends=args.backends
+    )
 
 
 if __name__ == "__main__":

@@ -106,7 +106,9 @@ def main():
     )
     if args.backend:
         return child(args)
-    common.run_per_backend("overhead", __file__, sys.argv[1:])
+    common.run_per_backend(
+        "overhead", __file__, sys.argv[1:], backends=args.backends
+    )
 
 
 if __name__ == "__main__":
