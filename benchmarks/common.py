@@ -56,7 +56,6 @@ def run_per_backend(name, script, argv, env=None, backends=BACKENDS):
         start = time.perf_counter()
         subprocess.run(cmd, env=child_env, check=True)
         child = json.loads((RESULTS / f"{name}.{backend}.json").read_text())
-        child["machine"] = machine()  # load average after the run
         merged["backends"][backend] = child
         print(f"[{name}] {backend} done in {time.perf_counter() - start:.0f} s", flush=True)
     save(name, merged)
@@ -71,7 +70,7 @@ def save(name, data):
 
 
 def save_child(name, backend, data):
-    return save(f"{name}.{backend}", {"versions": versions(), "started": machine(), **data})
+    return save(f"{name}.{backend}", {"versions": versions(), "machine_at_end": machine(), **data})
 
 
 def machine():

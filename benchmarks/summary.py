@@ -64,11 +64,12 @@ def custom_gradient(data):
 def fused_ce(data):
     rows = []
     for backend, res in data["backends"].items():
+        shape = "×".join(str(res["shape"][k]) for k in "NHV")
         for mode, cands in res["modes"].items():
             for name, r in cands.items():
-                rows.append([backend, mode, name, f"{r['median_s']:.2f}", spread(r),
+                rows.append([backend, shape, mode, name, f"{r['median_s']:.2f}", spread(r),
                              f"{r['peak_extra_mib']:.0f}", f"{r['memory_ratio']:.3f}"])
-    header = ["backend", "compile", "method", "s (fwd+bwd)", "time ratio (min-max)",
+    header = ["backend", "N×H×V", "compile", "method", "s (fwd+bwd)", "time ratio (min-max)",
               "peak extra MiB", "memory ratio"]
     return table(header, rows)
 
@@ -80,8 +81,14 @@ def main():
         if data is None:
             continue
         m = data["machine"]
-        print(f"### {name}\n\n{m['date_utc']}, {m['processor']}, {m['cpu_count']} cores, "
-              f"load average {m['load_average_1_5_15'][0]:.1f} at start\n")
+        ends = []
+        for backend, res in data["backends"].items():
+            end = res.get("machine_at_end") or res.get("started")
+            if end:
+                ends.append(f"{backend} {end['date_utc'][11:16]} UTC, "
+                            f"load {end['load_average_1_5_15'][0]:.1f}")
+        print(f"### {name}\n\n{m['processor']}, {m['cpu_count']} cores. Finished: "
+              + "; ".join(ends) + " (1-minute load average on 2 cores)\n")
         print(render(data) + "\n")
 
 
