@@ -57,12 +57,9 @@ class Constant(Schedule):
         return ops.convert_to_tensor(self._config["value"], "float32")
 
 
-@_register
-class Linear(Schedule):
-    """Linear ramp: `start` until `delay`, then linearly to `end` over `steps` steps, then `end`.
-
-    `w(t) = start + (end - start) * clip((t - delay) / steps, 0, 1)`.
-    """
+class _Ramp(Schedule):
+    """`start` until `delay`, then from `start` to `end` over `steps` steps along `shape(p)`,
+    `p = clip((t - delay) / steps, 0, 1)`, then `end`."""
 
     def __init__(self, start, end, steps, delay=0):
         self._config = {
@@ -72,32 +69,39 @@ class Linear(Schedule):
             "delay": int(delay),
         }
 
+    @staticmethod
+    def shape(p):
+        raise NotImplementedError
+
     def __call__(self, step):
         c = self._config
         p = _progress(step, c["steps"], c["delay"])
-        return c["start"] + (c["end"] - c["start"]) * p
+        return c["start"] + (c["end"] - c["start"]) * self.shape(p)
 
 
 @_register
-class Cosine(Schedule):
+class Linear(_Ramp):
+    """Linear ramp: `start` until `delay`, then linearly to `end` over `steps` steps, then `end`.
+
+    `w(t) = start + (end - start) * clip((t - delay) / steps, 0, 1)`.
+    """
+
+    @staticmethod
+    def shape(p):
+        return p
+
+
+@_register
+class Cosine(_Ramp):
     """Half-cosine ramp from `start` to `end` over `steps` steps after `delay`.
 
     `w(t) = start + (end - start) * (1 - cos(pi * p)) / 2`, `p = clip((t - delay) / steps, 0, 1)`:
     smooth at both ends (zero slope where it starts and where it arrives).
     """
 
-    def __init__(self, start, end, steps, delay=0):
-        self._config = {
-            "start": float(start),
-            "end": float(end),
-            "steps": int(steps),
-            "delay": int(delay),
-        }
-
-    def __call__(self, step):
-        c = self._config
-        p = _progress(step, c["steps"], c["delay"])
-        return c["start"] + (c["end"] - c["start"]) * 0.5 * (1.0 - ops.cos(math.pi * p))
+    @staticmethod
+    def shape(p):
+        return 0.5 * (1.0 - ops.cos(math.pi * p))
 
 
 @_register
