@@ -10,6 +10,7 @@ from conftest import BACKEND, only_backend
 from hypothesis import given
 from hypothesis import strategies as st
 from keras import ops
+from saving_helpers import assert_loss_survives_saving
 from scipy.special import logsumexp
 
 import losskit
@@ -315,17 +316,7 @@ def test_saved_in_a_compiled_model(cls, tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.compile(optimizer="sgd", loss=cls(**params))
     model.fit(features, labels, batch_size=7, epochs=1, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)  # safe_mode, no custom_objects
-    assert type(loaded.loss) is cls
-    assert {k: loaded.loss.get_config()[k] for k in params} == params
-    for w, w_loaded in zip(model.get_weights(), loaded.get_weights()):
-        np.testing.assert_array_equal(w, w_loaded)
-    emb = model(features)
-    np.testing.assert_allclose(
-        np_(loaded.loss(labels, emb)), np_(model.loss(labels, emb)), rtol=1e-6
-    )
+    assert_loss_survives_saving(model, cls, params, features, labels, tmp_path)
 
 
 def test_registry_and_function_serialization():

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from keras import ops
+from saving_helpers import assert_loss_survives_saving
 
 import losskit
 from losskit.gradients import value_and_grad
@@ -249,15 +250,7 @@ def test_saved_in_a_compiled_model(cls, tmp_path):
     )
     model.compile(optimizer="sgd", loss=cls(**params))
     model.fit(x, y, batch_size=3, epochs=1, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)  # safe_mode, no custom_objects
-    assert type(loaded.loss) is cls
-    assert {k: loaded.loss.get_config()[k] for k in params} == params
-    for w, w_loaded in zip(model.get_weights(), loaded.get_weights()):
-        np.testing.assert_array_equal(w, w_loaded)
-    pred = model(x)
-    np.testing.assert_allclose(np_(loaded.loss(y, pred)), np_(model.loss(y, pred)), rtol=1e-6)
+    assert_loss_survives_saving(model, cls, params, x, y, tmp_path)
 
 
 def test_registry_and_function_serialization():
