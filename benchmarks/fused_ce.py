@@ -13,11 +13,13 @@ peak extra memory <= 1/8 of naive, time <= 1.3x naive on CPU.
   reuse them unseen.
 
 Compile modes: `jit` (`tf.function(jit_compile=True)` / `jax.jit`) and, under TensorFlow, `graph`
-(`tf.function` without XLA, which is what `Model.fit` uses on a CPU-only TensorFlow).
+(`tf.function` without XLA, which is what `Model.fit` uses on a CPU-only TensorFlow). TensorFlow
+runs `graph` only by default, to keep `make bench` under 15 minutes on 2 cores; add
+`--tf-modes graph jit` for XLA too.
 
     python benchmarks/fused_ce.py                 # both backends, full size
     python benchmarks/fused_ce.py --quick         # tiny sizes
-    python benchmarks/fused_ce.py --candidates naive fused fused_per_token
+    python benchmarks/fused_ce.py --candidates naive fused fused_per_token --tf-modes graph jit
 """
 
 import json
@@ -66,7 +68,7 @@ def setup(args):
     )
     modes = {"jit": True}
     if keras.backend.backend() == "tensorflow":
-        modes["graph"] = False
+        modes = {mode: mode == "jit" for mode in args.tf_modes}
     return (n, h, v), inputs, modes
 
 
@@ -134,6 +136,10 @@ def main():
         hidden=dict(type=int, default=1024),
         vocab=dict(type=int, default=32768),
         candidates=dict(nargs="+", default=["naive", "fused"], choices=list(LOSSES)),
+        tf_modes=dict(
+            nargs="+", default=["graph"], choices=["graph", "jit"],
+            help="TensorFlow compile modes; jit (XLA, ~27 s a call here) is left out of make bench",
+        ),
         probe=dict(choices=list(LOSSES), help="internal: measure one candidate's memory"),
         probe_mode=dict(choices=["jit", "graph"], help="internal: its compile mode"),
     )
