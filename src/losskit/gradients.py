@@ -435,6 +435,41 @@ def _float64():
         dtypes.BIT64_TO_BIT32_DTYPE["float64"] = saved
 
 
+def _compiled_if_traceable(fn):
+    """`fn`'s plain forward pass, compiled once for the finite-difference loop (2 calls per
+    element on same-shaped inputs: eager dispatch dominates there, most of all under JAX), or run
+    eagerly when `fn` cannot be traced (e.g. it converts its inputs to NumPy)."""
+
+    def plain(*args):
+        with plain_autodiff():
+            return fn(*args)
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        compiled = jax.jit(plain)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(plain, reduce_retracing=True)
+    else:
+        return plain
+    chosen = []
+
+    def forward(*args):
+        if not chosen:
+            try:
+                result = compiled(*args)
+                chosen.append(compiled)
+                return result
+            except Exception:  # noqa: BLE001 - untraceable functions still get checked, eagerly
+                chosen.append(plain)
+        return chosen[0](*args)
+
+    return forward
+
+
 def _parameter_names(fn, n):
     import inspect
 
@@ -563,9 +598,10 @@ def check_gradients(
         with plain_autodiff():
             _, autodiff = value_and_grad(weighted, *cast)
 
+        forward = _compiled_if_traceable(fn)
+
         def total(args):
-            with plain_autodiff():
-                out = ops.convert_to_numpy(fn(*[ops.convert_to_tensor(a) for a in args]))
+            out = ops.convert_to_numpy(forward(*[ops.convert_to_tensor(a) for a in args]))
             return float(np.sum(weights * out.astype(np.float64)))
 
         checks = []
