@@ -111,3 +111,16 @@ def test_lambda_parameters_are_refused_before_saving():
 def test_library_metric_and_loss_are_registered_under_losskit():
     assert keras.saving.get_registered_name(regression_accuracy) == "losskit>regression_accuracy"
     assert keras.saving.get_registered_name(robust) == "test_saving>robust"
+
+
+def test_library_huber_keeps_delta_where_keras_huber_resets_it(tmp_path):
+    """Keras 3.15's own `keras.losses.Huber` has no `delta` in its config and reloads with
+    delta=1.0; losskit's keeps it."""
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss=losskit.losses.Huber(delta=2.5))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.loss) is losskit.losses.Huber and loaded.loss.delta == 2.5
+    y, pred = np.zeros((4, 1), "float32"), np.full((4, 1), 3.0, "float32")
+    np.testing.assert_allclose(loaded.loss(y, pred), 2.5 * (3.0 - 1.25), rtol=1e-6)
