@@ -108,9 +108,12 @@ def test_all_tokens_ignored_gives_zero_loss_and_gradients():
         np.testing.assert_array_equal(g, 0.0)
 
 
-def test_compiled_equals_eager():
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_equals_eager(reduction):
     hidden, weight, bias, labels = problem(23, 8, 19, ignore_every=4)
-    fn = lambda h, w, b, y: fused_linear_cross_entropy(h, w, y, bias=b, chunk_size=8, z_loss=1e-3)
+    fn = lambda h, w, b, y: fused_linear_cross_entropy(
+        h, w, y, bias=b, chunk_size=8, z_loss=1e-3, reduction=reduction
+    )
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
