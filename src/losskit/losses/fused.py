@@ -141,8 +141,8 @@ def fused_linear_cross_entropy(
     y = ops.reshape(labels, (-1,))
     n = ops.shape(h)[0]
     if chunk_size is None:
-        static_n = h.shape[0] if h.shape[0] is not None else _MAX_AUTO_CHUNK
-        chunk_size = _auto_chunk_size(static_n, hidden_dim, vocab)
+        # An unknown number of tokens (TF graph, None batch) is sized as 8192 tokens.
+        chunk_size = _auto_chunk_size(h.shape[0] or 8192, hidden_dim, vocab)
     # Pad to whole chunks with ignored tokens, which add 0 to the loss and the gradients.
     pad = (chunk_size - n % chunk_size) % chunk_size
     h_chunks = ops.reshape(ops.pad(h, [[0, pad], [0, 0]]), (-1, chunk_size, hidden_dim))
