@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-tf test-jax lint bench clean
+.PHONY: install demo test test-tf test-jax test-torch lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[dev,jax]"
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,7 +29,10 @@ test-tf: install
 test-jax: install
 	KERAS_BACKEND=jax $(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint test-tf test-jax
+test-torch: install
+	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint test-tf test-jax test-torch
 
 bench: install
 	$(PY) benchmarks/run_all.py

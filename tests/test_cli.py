@@ -10,7 +10,8 @@ import types
 
 import pytest
 
-from losskit import cli, recipes
+from losskit import recipes
+from losskit.recipes import cli
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_console_script_exit_code(tmp_path):
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "losskit.cli", "run", "nope", "--out", str(tmp_path)],
+        [sys.executable, "-m", "losskit.recipes.cli", "run", "nope", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0

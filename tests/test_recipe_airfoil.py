@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from losskit import report
-from losskit.recipes import RecipeConfig, RecipeError, airfoil_huber
+from losskit.recipes import RecipeConfig, RecipeError, airfoil_huber, report
 
 
 @pytest.fixture(scope="module")

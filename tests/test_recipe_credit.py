@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import losskit
-from losskit import report
-from losskit.recipes import RecipeConfig
+from losskit.recipes import RecipeConfig, report
 from losskit.recipes import credit_custom_gradient as recipe
 
 

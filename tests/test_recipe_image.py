@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from losskit import losses, report
-from losskit.recipes import RecipeConfig, RecipeError
+from losskit import losses
+from losskit.recipes import RecipeConfig, RecipeError, report
 from losskit.recipes import image_cross_entropy as recipe
 
 

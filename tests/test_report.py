@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from losskit import report
-from losskit.recipes import common
+from losskit.recipes import common, report
 
 
 def _result(name, wall=1.0):

@@ -2,10 +2,9 @@
 
 import keras
 from keras import ops
-from keras.src.backend import get_keras_mask  # not exported; same helper Keras losses use
-from keras.src.losses.loss import reduce_weighted_values
 
 from losskit import _contract, _wrap
+from losskit._keras import get_keras_mask, reduce_weighted_values
 
 
 class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):

@@ -2,10 +2,9 @@
 
 import keras
 from keras import ops
-from keras.src.backend import get_keras_mask  # not exported; same helper Keras metrics use
-from keras.src.losses.loss import apply_mask
 
 from losskit import _contract, _wrap
+from losskit._keras import apply_mask, get_keras_mask
 
 
 class FunctionMetric(_wrap.ParametersMixin, keras.metrics.Mean):

@@ -5,9 +5,10 @@ import math
 import keras
 import numpy as np
 from keras import ops
-from keras.src.utils.tracking import no_automatic_dependency_tracking  # as Trainer.compile uses
 
-from losskit.objective import Objective, _batch_size, _replicas
+from losskit import backend
+from losskit._keras import no_automatic_dependency_tracking
+from losskit.objective import Objective, _batch_size
 
 
 class _TotalTracker(keras.metrics.Mean):
@@ -190,7 +191,7 @@ class ObjectiveModel(keras.Model):
             logs = step(*args)
         finally:
             self._with_taps = False
-        if _multi_worker(self):
+        if backend.is_multi_worker(getattr(self, "distribute_strategy", None)):
             # Keras reduces step logs across workers with a mean over axis 0, which fails on
             # scalars under MultiWorkerMirroredStrategy; give each log that axis.
             logs = {k: ops.expand_dims(v, 0) for k, v in logs.items()}
@@ -277,9 +278,9 @@ class ObjectiveModel(keras.Model):
         return total
 
     def _track(self, x, pred, total, values, weights):
-        _, ctx = _replicas()
+        _, ctx = backend.replica_context()
         n_local = _batch_size(pred, x)
-        n_global = ctx.all_reduce("sum", n_local) if ctx else n_local
+        n_global = backend.all_reduce_sum(ctx, n_local)
         # A replica's share times N_global / n_local, weighted by n_local, sums to the global
         # value over replicas whatever the split.
         scale = ops.divide_no_nan(n_global, n_local)
@@ -318,10 +319,3 @@ class ObjectiveModel(keras.Model):
         objective = keras.saving.deserialize_keras_object(config.pop("objective"))
         return cls(inner, objective, **config)
 
-
-def _multi_worker(model):
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)

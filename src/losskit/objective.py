@@ -17,9 +17,9 @@ import inspect
 
 import keras
 from keras import ops
-from keras.src.losses.loss import squeeze_or_expand_to_same_rank  # not exported
 
-from losskit import _contract, schedules
+from losskit import _contract, backend, schedules
+from losskit._keras import squeeze_or_expand_to_same_rank
 from losskit.loss import FunctionLoss
 
 _register = keras.saving.register_keras_serializable(package="losskit")
@@ -236,21 +236,6 @@ def _batch_size(*structures):
     raise ValueError("The Objective found no batched tensor to take the batch size from.")
 
 
-def _replicas():
-    """(replicas in sync, replica context) under tf.distribute; (1, None) elsewhere.
-
-    JAX's DataParallel and single devices see the global batch, so they need no correction.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return 1, None
-    import tensorflow as tf
-
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return 1, None
-    return ctx.num_replicas_in_sync, ctx
-
-
 @_register
 class Objective:
     """A weighted sum of `Term`s, each a loss over any tensors of the step.
@@ -305,7 +290,7 @@ class Objective:
     def compute(self, x, y, pred, sample_weight=None, step=None, layers=None, variables=None):
         """As `__call__`, plus the term weights used: `(total, values, weights)`."""
         lookup = self._lookup(x, y, pred, layers, variables)
-        replicas, ctx = _replicas()
+        replicas, ctx = backend.replica_context()
         n_local = None
         n_global = None
         values, weights = {}, {}
@@ -317,7 +302,7 @@ class Objective:
             else:
                 if n_local is None:
                     n_local = _batch_size(pred, y, x)
-                    n_global = ctx.all_reduce("sum", n_local) if ctx else n_local
+                    n_global = backend.all_reduce_sum(ctx, n_local)
                 _contract.check_per_sample(f"term '{term.name}'", v, _static_batch(pred, y, x))
                 if sample_weight is not None:
                     sw = ops.cast(sample_weight, "float32")

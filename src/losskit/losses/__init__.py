@@ -6,14 +6,13 @@ model.compile(loss=losskit.losses.Huber(delta=2.0))    # a registered, saveable 
 losskit.Term(losskit.losses.kl_divergence, p="x.teacher", q="pred")
 ```
 
-Each family module defines `FUNCTIONS` (its loss functions) and `CLASSES` (its Loss classes) and
-lists both in `__all__`. Adding a family is one line below: `from losskit.losses.NAME import *`.
-`ALL` maps every loss function's name to the function, `CLASSES` every Loss class's name to the
-class, `FAMILIES` each family (module) name to its function names.
+A library loss is defined one way (`losskit.losses._common`: `@register` and `loss_class`), which
+records it in an explicit registry. `ALL` maps every loss function's name to the function,
+`CLASSES` every Loss class's name to the class, `FAMILIES` each family (module) name to its
+function names. Adding a family is one import line below.
 """
 
-import sys as _sys
-
+from losskit.losses import _common
 from losskit.losses.classification import *  # noqa: F403
 from losskit.losses.distillation import *  # noqa: F403
 from losskit.losses.divergence import *  # noqa: F403
@@ -25,13 +24,9 @@ from losskit.losses.regression import *  # noqa: F403
 from losskit.losses.regularizers import *  # noqa: F403
 from losskit.losses.segmentation import *  # noqa: F403
 
-ALL = {}
-CLASSES = {}
+ALL = {name: fn for name, (_, fn) in _common.FUNCTIONS.items()}
+CLASSES = {name: cls for name, (_, cls) in _common.CLASSES.items()}
 FAMILIES = {}
-for _name, _module in list(_sys.modules.items()):
-    if _name.startswith(__name__ + ".") and hasattr(_module, "FUNCTIONS"):
-        _family = _name.rsplit(".", 1)[-1]
-        FAMILIES[_family] = tuple(f.__name__ for f in _module.FUNCTIONS)
-        ALL.update({f.__name__: f for f in _module.FUNCTIONS})
-        CLASSES.update({c.__name__: c for c in getattr(_module, "CLASSES", ())})
+for _family, _fn in _common.FUNCTIONS.values():
+    FAMILIES[_family] = (*FAMILIES.get(_family, ()), _fn.__name__)
 del FUNCTIONS  # noqa: F821 -- each family's own tuple; use ALL

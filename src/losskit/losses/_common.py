@@ -1,27 +1,77 @@
-"""Helpers shared by the loss families: registration and per-sample reductions."""
+"""Helpers shared by the loss families: the one way to define a library loss, and per-sample
+reductions.
+
+A library loss is a function decorated with `@register` and, where it takes `(y_true, y_pred)`,
+a Keras class made by `loss_class`:
+
+```python
+@register
+def huber(y_true, y_pred, delta=1.0):
+    ...
+
+Huber = loss_class(huber, "Huber")
+```
+
+`register` makes the function Keras-serializable as `losskit.losses>name` (so terms that use it
+save and load in safe mode), makes it compute in float32 when given 16-bit inputs (the precision
+rule; `precision="input"` for functions that manage precision themselves, such as the fused
+losses) and records it under its family, the module's last name. `losskit.losses.ALL`, `CLASSES`
+and `FAMILIES` are read from this registry.
+"""
 
 import keras
 from keras import ops
 
-from losskit import _wrap
+from losskit import _contract, _precision, _wrap
 from losskit.loss import FunctionLoss, loss
 
 PACKAGE = "losskit.losses"
 
+# name -> (family, function) and name -> (family, class), in definition order.
+FUNCTIONS = {}
+CLASSES = {}
 
-def register(fn):
-    """Registers a plain loss function as Keras-serializable under `losskit.losses>name`, so
-    objective terms that reference it save and load in safe mode."""
-    return keras.saving.register_keras_serializable(package=PACKAGE)(fn)
+
+def _family(module):
+    return module.rsplit(".", 1)[-1]
+
+
+def register(fn=None, *, precision="float32"):
+    """Registers a library loss function (see the module docstring)."""
+    if fn is None:
+        return lambda f: register(f, precision=precision)
+    if precision not in ("float32", "input"):
+        raise ValueError(f"register: precision must be 'float32' or 'input', got {precision!r}")
+    wrapped = _precision.compute_in_float32(fn) if precision == "float32" else fn
+    wrapped.precision = precision
+    wrapped = keras.saving.register_keras_serializable(package=PACKAGE)(wrapped)
+    FUNCTIONS[fn.__name__] = (_family(fn.__module__), wrapped)
+    return wrapped
 
 
 def loss_class(fn, name, sparse_labels=False, base=None):
     """The Keras `Loss` class of a library function, registered as `losskit.losses>Name`."""
     if base is None:
-        return loss(fn, package=PACKAGE, name=name, sparse_labels=sparse_labels)
-    cls = _wrap.make_class(fn, base, "loss", PACKAGE, name)
-    cls.sparse_labels = sparse_labels
+        cls = loss(fn, package=PACKAGE, name=name, sparse_labels=sparse_labels)
+    else:
+        cls = _wrap.make_class(fn, base, "loss", PACKAGE, name)
+        cls.sparse_labels = sparse_labels
+    CLASSES[name] = (_family(fn.__module__), cls)
     return cls
+
+
+def family(module):
+    """`(functions, classes)` registered by family module `module` (its `__name__`)."""
+    name = _family(module)
+    functions = tuple(f for fam, f in FUNCTIONS.values() if fam == name)
+    classes = tuple(c for fam, c in CLASSES.values() if fam == name)
+    return functions, classes
+
+
+def public(functions, classes, *extra):
+    """A family module's `__all__`."""
+    return ["FUNCTIONS", "CLASSES", *(f.__name__ for f in functions),
+            *(c.__name__ for c in classes), *extra]
 
 
 def epsilon():
@@ -53,6 +103,15 @@ def safe_log(p):
     return ops.where(positive, ops.log(ops.where(positive, p, ops.ones_like(p))), ops.zeros_like(p))
 
 
+def neg_log_binary(y_pred, from_logits):
+    """`(-log p, -log(1 - p))` from logits (softplus forms, exact for any logit) or from
+    probabilities clipped to `[epsilon, 1 - epsilon]` as Keras does."""
+    if from_logits:
+        return ops.softplus(-y_pred), ops.softplus(y_pred)
+    p = ops.clip(y_pred, epsilon(), 1.0 - epsilon())
+    return -ops.log(p), -ops.log1p(-p)
+
+
 class PackedLoss(FunctionLoss):
     """A Loss whose `y_pred` packs several predictions on its last axis (e.g. mean and variance),
     so `y_pred.shape[-1]` is a multiple `k` of `y_true.shape[-1]` instead of equal to it."""
@@ -71,8 +130,6 @@ class PackedLoss(FunctionLoss):
                 f"on its last axis, i.e. have {self.pack} * y_true.shape[-1] entries there; "
                 f"y_true has shape {t}."
             )
-        from losskit import _contract
-
         values = self.fn(y_true, y_pred, **self.params)
         _contract.check_per_sample(self._owner, values, p[0])
         return values

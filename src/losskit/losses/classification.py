@@ -10,13 +10,16 @@ shape `y_pred.shape[:-1]`); binary losses average over the non-batch axes (shape
 """
 
 from keras import ops
-from keras.src.backend import set_keras_mask  # the mask Keras's reductions honour
 
+from losskit._keras import set_keras_mask
 from losskit.losses._common import (
     as_float,
     epsilon,
+    family,
     loss_class,
+    neg_log_binary,
     per_sample_mean,
+    public,
     register,
 )
 
@@ -84,14 +87,6 @@ def sparse_categorical_crossentropy(
     return values
 
 
-def _binary_terms(y_true, y_pred, from_logits):
-    """(-log p, -log(1 - p)) for logits (softplus forms) or clipped probabilities."""
-    if from_logits:
-        return ops.softplus(-y_pred), ops.softplus(y_pred)
-    p = ops.clip(y_pred, epsilon(), 1.0 - epsilon())
-    return -ops.log(p), -ops.log1p(-p)
-
-
 @register
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, pos_weight=1.0):
     r"""Binary cross-entropy with a positive-class weight :math:`w_+`:
@@ -110,7 +105,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
         shared = ops.log1p(ops.exp(-ops.abs(y_pred)))
         neg_log_p, neg_log_q = ops.relu(-y_pred) + shared, ops.relu(y_pred) + shared
     else:
-        neg_log_p, neg_log_q = _binary_terms(y_true, y_pred, from_logits)
+        neg_log_p, neg_log_q = neg_log_binary(y_pred, from_logits)
     return per_sample_mean(pos_weight * y_true * neg_log_p + (1.0 - y_true) * neg_log_q)
 
 
@@ -139,7 +134,7 @@ def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary
         return -ops.sum(weight * y_true * log_p, axis=-1)
     if mode != "binary":
         raise ValueError(f"focal: mode must be 'binary' or 'categorical', got {mode!r}")
-    neg_log_p, neg_log_q = _binary_terms(y_true, y_pred, from_logits)
+    neg_log_p, neg_log_q = neg_log_binary(y_pred, from_logits)
     if from_logits:  # 1 - sigmoid(z) = sigmoid(-z), exact in the saturated tail
         p, one_minus_p = ops.sigmoid(y_pred), ops.sigmoid(-y_pred)
     else:
@@ -248,29 +243,5 @@ Poly1 = loss_class(poly1, "Poly1")
 MulticlassHinge = loss_class(multiclass_hinge, "MulticlassHinge")
 SparsemaxLoss = loss_class(sparsemax_loss, "SparsemaxLoss")
 
-FUNCTIONS = (
-    categorical_crossentropy,
-    sparse_categorical_crossentropy,
-    binary_crossentropy,
-    focal,
-    poly1,
-    multiclass_hinge,
-    sparsemax_loss,
-)
-CLASSES = (
-    CategoricalCrossentropy,
-    SparseCategoricalCrossentropy,
-    BinaryCrossentropy,
-    Focal,
-    Poly1,
-    MulticlassHinge,
-    SparsemaxLoss,
-)
-
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    "sparsemax",
-    *(f.__name__ for f in FUNCTIONS),
-    *(c.__name__ for c in CLASSES),
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES, 'sparsemax')

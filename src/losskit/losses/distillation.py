@@ -2,7 +2,7 @@ r"""Knowledge distillation: `distillation_kl`."""
 
 from keras import ops
 
-from losskit.losses._common import loss_class, register
+from losskit.losses._common import family, loss_class, public, register
 
 
 @register
@@ -31,7 +31,5 @@ def distillation_kl(teacher_logits, student_logits, temperature=2.0):
 
 DistillationKL = loss_class(distillation_kl, "DistillationKL")
 
-FUNCTIONS = (distillation_kl,)
-CLASSES = (DistillationKL,)
-
-__all__ = ["FUNCTIONS", "CLASSES", "distillation_kl", "DistillationKL"]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

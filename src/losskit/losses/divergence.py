@@ -15,7 +15,7 @@ import math
 
 from keras import ops
 
-from losskit.losses._common import epsilon, loss_class, register, safe_log
+from losskit.losses._common import epsilon, family, loss_class, public, register, safe_log
 
 _INPUT_TYPES = ("probabilities", "log_probabilities", "logits")
 
@@ -78,12 +78,5 @@ def js_divergence(p, q, input_type="probabilities"):
 KLDivergence = loss_class(kl_divergence, "KLDivergence")
 JSDivergence = loss_class(js_divergence, "JSDivergence")
 
-FUNCTIONS = (kl_divergence, js_divergence)
-CLASSES = (KLDivergence, JSDivergence)
-
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    *(f.__name__ for f in FUNCTIONS),
-    *(c.__name__ for c in CLASSES),
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

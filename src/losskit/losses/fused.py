@@ -12,31 +12,14 @@ Keras backend and under `jit`.
 
 import math
 
-import keras
 from keras import ops
 
+from losskit import backend
 from losskit.gradients import custom_gradient
-from losskit.losses._common import register
-
-__all__ = ["CLASSES", "FUNCTIONS", "fused_linear_cross_entropy"]
+from losskit.losses._common import family, public, register
 
 # Liger-Kernel's rule: a chunk's logits are about as large as `hidden` itself.
 _MAX_AUTO_CHUNK = 4096
-
-
-def _fori_loop(upper, body, init):
-    """`keras.ops.fori_loop(0, upper, body, init)`, one iteration at a time.
-
-    TensorFlow graphs (no XLA, what `Model.fit` uses on CPU) otherwise run up to 10 iterations
-    ahead, each holding a chunk's logits and a `V x H` weight-gradient term: 2.4x the naive
-    peak memory instead of a fraction of it.
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        step = lambda i, v: (i + 1, body(i, v))
-        return tf.while_loop(lambda i, _: i < upper, step, (0, init), parallel_iterations=1)[1]
-    return ops.fori_loop(0, upper, body, init)
 
 
 def _auto_chunk_size(n, hidden_dim, vocab):
@@ -74,7 +57,7 @@ def _chunk(h, y, weight, bias, *, ignore_index, z_loss, label_smoothing):
     return loss * valid, dz
 
 
-@register
+@register(precision="input")
 def fused_linear_cross_entropy(
     hidden,
     weight,
@@ -157,10 +140,9 @@ def fused_linear_cross_entropy(
 
     def forward(y_chunks, h_chunks, weight, *maybe_bias):
         b = maybe_bias[0] if maybe_bias else None
-        y_chunks = ops.cast(y_chunks, "int32")
 
         def loop(body, init):
-            return _fori_loop(ops.shape(h_chunks)[0], body, init)
+            return backend.sequential_fori_loop(ops.shape(h_chunks)[0], body, init)
 
         if reduction == "none":
             # Per-token values now; the gradient recomputes each chunk's logits (Cut CE).
@@ -217,10 +199,6 @@ def fused_linear_cross_entropy(
 
         return total * scale, grad_fn
 
-    # Labels enter as float (exact below 2**24 classes): the custom gradient must not close over
-    # traced values from outside, which JAX cannot differentiate through an enclosing jit, and
-    # losskit.custom_gradient closes over its integer inputs.
-    y_chunks = ops.cast(y_chunks, "float32")
     args = (y_chunks, h_chunks, weight) + (() if bias is None else (bias,))
     out = custom_gradient(forward)(*args)
     if reduction == "none":
@@ -229,5 +207,6 @@ def fused_linear_cross_entropy(
 
 
 
-FUNCTIONS = (fused_linear_cross_entropy,)
-CLASSES = ()  # its inputs are not (y_true, y_pred): use it in a Term or a train step
+# No Loss class: its inputs are not (y_true, y_pred); use it in a Term or a train step.
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

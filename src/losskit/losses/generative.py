@@ -2,7 +2,14 @@ r"""Generative-model losses: `gaussian_kl` (VAE latent KL), `bernoulli_nll` (rec
 
 from keras import ops
 
-from losskit.losses._common import epsilon, loss_class, per_sample_sum, register
+from losskit.losses._common import (
+    family,
+    loss_class,
+    neg_log_binary,
+    per_sample_sum,
+    public,
+    register,
+)
 
 
 @register
@@ -44,18 +51,12 @@ def bernoulli_nll(targets, predictions, from_logits=False):
     Keras: `keras.losses.binary_crossentropy` times the number of features.
     """
     targets = ops.cast(targets, predictions.dtype)
-    if from_logits:
-        neg_log_p, neg_log_q = ops.softplus(-predictions), ops.softplus(predictions)
-    else:
-        p = ops.clip(predictions, epsilon(), 1.0 - epsilon())
-        neg_log_p, neg_log_q = -ops.log(p), -ops.log1p(-p)
+    neg_log_p, neg_log_q = neg_log_binary(predictions, from_logits)
     return per_sample_sum(targets * neg_log_p + (1.0 - targets) * neg_log_q)
 
 
 GaussianKL = loss_class(gaussian_kl, "GaussianKL")
 BernoulliNLL = loss_class(bernoulli_nll, "BernoulliNLL")
 
-FUNCTIONS = (gaussian_kl, bernoulli_nll)
-CLASSES = (GaussianKL, BernoulliNLL)
-
-__all__ = ["FUNCTIONS", "CLASSES", "gaussian_kl", "bernoulli_nll", "GaussianKL", "BernoulliNLL"]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

@@ -29,9 +29,8 @@ has the shape of ``y_pred`` without its last axis).
 import keras
 from keras import ops
 
-from losskit.loss import loss
+from losskit.losses._common import family, loss_class, public, register
 
-_PACKAGE = "losskit.losses"
 _MINING = ("batch_hard", "semi_hard")
 
 
@@ -193,7 +192,7 @@ def _check_inputs(name, labels, embeddings):
 # --------------------------------------------------------------------------- losses
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def contrastive(labels, embeddings, margin=1.0, block_size=None):
     r"""Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006), over all pairs of the batch.
 
@@ -220,7 +219,7 @@ def contrastive(labels, embeddings, margin=1.0, block_size=None):
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def triplet(labels, embeddings, margin=1.0, mining="batch_hard", squared=False, block_size=None):
     r"""Triplet margin loss with online mining inside the batch.
 
@@ -262,7 +261,7 @@ def _similarity_logits(embeddings, temperature, normalize):
     return embeddings, 1.0 / temperature
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
     r"""InfoNCE / NT-Xent (Oord et al. 2018; Chen et al. 2020, SimCLR).
 
@@ -293,7 +292,7 @@ def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=Non
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` (Khosla et al. 2020).
 
@@ -323,25 +322,10 @@ def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None)
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-Contrastive = loss(contrastive, name="Contrastive", package=_PACKAGE, sparse_labels=True)
-Triplet = loss(triplet, name="Triplet", package=_PACKAGE, sparse_labels=True)
-InfoNCE = loss(info_nce, name="InfoNCE", package=_PACKAGE, sparse_labels=True)
-SupCon = loss(supcon, name="SupCon", package=_PACKAGE, sparse_labels=True)
+Contrastive = loss_class(contrastive, "Contrastive", sparse_labels=True)
+Triplet = loss_class(triplet, "Triplet", sparse_labels=True)
+InfoNCE = loss_class(info_nce, "InfoNCE", sparse_labels=True)
+SupCon = loss_class(supcon, "SupCon", sparse_labels=True)
 
-FUNCTIONS = (contrastive, triplet, info_nce, supcon)
-CLASSES = (Contrastive, Triplet, InfoNCE, SupCon)
-
-# The building blocks (pairwise_distance, label_masks, the miners, per_anchor) stay in this
-# module's namespace, out of `losskit.losses`.
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    "contrastive",
-    "triplet",
-    "info_nce",
-    "supcon",
-    "Contrastive",
-    "Triplet",
-    "InfoNCE",
-    "SupCon",
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

@@ -11,13 +11,16 @@ import math
 
 from keras import ops
 
+from losskit import backend
 from losskit.gradients import custom_gradient
 from losskit.losses._common import (
     PackedLoss,
     as_float,
     epsilon,
+    family,
     loss_class,
     per_sample_mean,
+    public,
     register,
 )
 
@@ -82,26 +85,8 @@ def poisson_nll(y_true, y_pred, log_input=False, full=False):
 
 
 def _log_factorial(counts):
-    """log(y!) = lgamma(y + 1) of the (label) counts; keras.ops has no lgamma."""
-    import keras
-
-    x = counts + 1.0
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.math.lgamma(x)
-    if backend == "jax":
-        import jax
-
-        return jax.lax.lgamma(x)
-    if backend == "torch":
-        import torch
-
-        return torch.lgamma(x)
-    from scipy.special import gammaln
-
-    return ops.convert_to_tensor(gammaln(ops.convert_to_numpy(x)), x.dtype)
+    """log(y!) = lgamma(y + 1) of the (label) counts."""
+    return backend.lgamma(counts + 1.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,13 +172,5 @@ GaussianNLL = loss_class(gaussian_nll_packed, "GaussianNLL", base=_GaussianPacke
 PoissonNLL = loss_class(poisson_nll, "PoissonNLL")
 LogisticNLL = loss_class(logistic_nll_logits, "LogisticNLL")
 
-FUNCTIONS = (gaussian_nll, poisson_nll, logistic_nll, logistic_nll_logits)
-CLASSES = (GaussianNLL, PoissonNLL, LogisticNLL)
-
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    "gaussian_nll_packed",
-    *(f.__name__ for f in FUNCTIONS),
-    *(c.__name__ for c in CLASSES),
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES, 'gaussian_nll_packed')

@@ -11,7 +11,7 @@ import math
 
 from keras import ops
 
-from losskit.losses._common import as_float, loss_class, per_sample_mean, register
+from losskit.losses._common import as_float, family, loss_class, per_sample_mean, public, register
 
 
 def _residual(y_true, y_pred):
@@ -139,12 +139,5 @@ Charbonnier = loss_class(charbonnier, "Charbonnier")
 Cauchy = loss_class(cauchy, "Cauchy")
 GeneralRobust = loss_class(general_robust, "GeneralRobust")
 
-FUNCTIONS = (mse, mae, huber, log_cosh, pinball, charbonnier, cauchy, general_robust)
-CLASSES = (MSE, MAE, Huber, LogCosh, Pinball, Charbonnier, Cauchy, GeneralRobust)
-
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    *(f.__name__ for f in FUNCTIONS),
-    *(c.__name__ for c in CLASSES),
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

@@ -20,10 +20,10 @@ an ignored ``y_true``. It is used two ways:
 import keras
 from keras import ops
 
-_PACKAGE = "losskit.losses"
+from losskit.losses._common import PACKAGE, family, public, register
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def activation_l2(a):
     r"""Mean squared activation per sample: :math:`\frac{1}{D}\sum_{k} a_{nk}^2` over all non-batch
     axes of ``a`` (``a`` itself squared if it has only the batch axis). Shape ``(N,)``.
@@ -42,7 +42,7 @@ def activation_l2(a):
     return sq if len(a.shape) == 1 else ops.mean(sq, axis=tuple(range(1, len(a.shape))))
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ActivationL2(keras.regularizers.Regularizer):
     """Activity regulariser ``weight * sum_n activation_l2(a)_n`` (Keras then divides by the batch
     size, giving ``weight * mean_n activation_l2(a)_n``)."""
@@ -57,7 +57,5 @@ class ActivationL2(keras.regularizers.Regularizer):
         return {"weight": self.weight}
 
 
-FUNCTIONS = (activation_l2,)
-CLASSES = ()
-
-__all__ = ["FUNCTIONS", "CLASSES", "activation_l2", "ActivationL2"]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES, 'ActivationL2')

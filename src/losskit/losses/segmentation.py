@@ -7,12 +7,9 @@ targets in ``[0, 1]``; with ``per_class=True`` the last axis is the class axis, 
 computed per class and averaged over classes. `lovasz_hinge` takes logits and binary targets.
 """
 
-import keras
 from keras import ops
 
-from losskit.loss import loss
-
-_PACKAGE = "losskit.losses"
+from losskit.losses._common import family, loss_class, public, register
 
 
 def _axes(x, per_class):
@@ -44,7 +41,7 @@ def overlap_counts(y_true, y_pred, per_class=False):
     return tp, fp, fn
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False):
     r"""Soft Dice loss per image.
 
@@ -75,7 +72,7 @@ def _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class):
     return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False):
     r"""Tversky loss per image: :math:`1 - TI`,
 
@@ -94,7 +91,7 @@ def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False):
     return _mean_over_classes(1.0 - index, per_class)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def focal_tversky(
     y_true, y_pred, alpha=0.3, beta=0.7, gamma=4.0 / 3.0, smooth=1.0, per_class=False
 ):
@@ -129,7 +126,7 @@ def lovasz_gradient(gt_sorted):
     return ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@register
 def lovasz_hinge(y_true, y_pred):
     r"""Binary Lovász hinge loss per image (Berman et al. 2018), ``y_pred`` = logits.
 
@@ -157,23 +154,10 @@ def lovasz_hinge(y_true, y_pred):
     return ops.sum(ops.relu(errors_sorted) * lovasz_gradient(gt_sorted), axis=-1)
 
 
-Dice = loss(dice, name="Dice", package=_PACKAGE)
-Tversky = loss(tversky, name="Tversky", package=_PACKAGE)
-FocalTversky = loss(focal_tversky, name="FocalTversky", package=_PACKAGE)
-LovaszHinge = loss(lovasz_hinge, name="LovaszHinge", package=_PACKAGE)
+Dice = loss_class(dice, "Dice")
+Tversky = loss_class(tversky, "Tversky")
+FocalTversky = loss_class(focal_tversky, "FocalTversky")
+LovaszHinge = loss_class(lovasz_hinge, "LovaszHinge")
 
-FUNCTIONS = (dice, tversky, focal_tversky, lovasz_hinge)
-CLASSES = (Dice, Tversky, FocalTversky, LovaszHinge)
-
-__all__ = [
-    "FUNCTIONS",
-    "CLASSES",
-    "dice",
-    "tversky",
-    "focal_tversky",
-    "lovasz_hinge",
-    "Dice",
-    "Tversky",
-    "FocalTversky",
-    "LovaszHinge",
-]
+FUNCTIONS, CLASSES = family(__name__)
+__all__ = public(FUNCTIONS, CLASSES)

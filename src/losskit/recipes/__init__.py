@@ -10,7 +10,7 @@ Each recipe is one module exposing
 Shared helpers (seeding, splits, mean/std/values summaries, history capture, the progress bar over
 seeds/runs, plotting) live in `losskit.recipes.common`; data loaders in `losskit.recipes.datasets`.
 
-`losskit.report` adds the recipe name, wall time and library versions, writes
+`losskit.recipes.report` adds the recipe name, wall time and library versions, writes
 ``OUT/NAME/result.json`` and the ``OUT/index.html`` page.
 """
 

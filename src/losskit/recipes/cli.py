@@ -89,7 +89,7 @@ def _unknown(name):
 
 
 def _print_result(result):
-    from losskit.report import metrics_table, text_table
+    from losskit.recipes.report import metrics_table, text_table
 
     if result.get("metrics"):
         header, rows = metrics_table(result["metrics"])
@@ -101,7 +101,7 @@ def _print_result(result):
 
 
 def run_command(args):
-    from losskit import report
+    from losskit.recipes import report
 
     names = list(recipes.RECIPES) if args.name == "all" else [args.name]
     options = dict(args.option)
@@ -149,7 +149,7 @@ def main(argv=None):
             print(f"{name.ljust(width)}  {_summary(name)}")
         return 0
     if args.command == "report":
-        from losskit import report
+        from losskit.recipes import report
 
         print(report.write_index(args.out))
         return 0

@@ -1,0 +1,49 @@
+"""The only place losskit touches Keras internals (`keras.src`), each use with the reason.
+
+Keras's private modules change between minor releases; pyproject pins the Keras versions this
+module is tested with. When Keras exports one of these, import it from here and drop the line.
+"""
+
+import contextlib
+
+# The mask Keras attaches to a tensor (`tensor._keras_mask`). Losses read the mask of their
+# predictions and of their per-sample values to leave masked positions out of the reduction
+# exactly as Keras's own losses do; not exported.
+from keras.src.backend import get_keras_mask, set_keras_mask
+from keras.src.backend.common import dtypes as _dtypes
+
+# Keras's reduction of per-sample values (masks folded into sample weights, the five
+# reductions). Reusing it keeps `@losskit.loss` numerically identical to Keras's built-ins.
+from keras.src.losses.loss import (
+    apply_mask,
+    reduce_weighted_values,
+    squeeze_or_expand_to_same_rank,
+)
+
+# `Trainer.compile` creates its trackers without attribute tracking; `ObjectiveModel.compile`
+# does the same so its loss tracker is not saved as a model weight.
+from keras.src.utils.tracking import no_automatic_dependency_tracking
+
+
+@contextlib.contextmanager
+def float64_promotion():
+    """Lets Keras's type promotion keep float64 under JAX, where it maps float64 to float32
+    (`keras.backend.result_type`) even with `jax.enable_x64`. Used by `check_gradients`, whose
+    finite differences are meaningless in float32."""
+    saved = _dtypes.BIT64_TO_BIT32_DTYPE.get("float64")
+    _dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+    try:
+        yield
+    finally:
+        _dtypes.BIT64_TO_BIT32_DTYPE["float64"] = saved
+
+
+__all__ = [
+    "apply_mask",
+    "float64_promotion",
+    "get_keras_mask",
+    "no_automatic_dependency_tracking",
+    "reduce_weighted_values",
+    "set_keras_mask",
+    "squeeze_or_expand_to_same_rank",
+]

@@ -1,0 +1,94 @@
+"""The only backend-specific code in losskit, behind small backend-neutral functions.
+
+Everything else in losskit is written with `keras.ops`. Where `keras.ops` has no portable form —
+the replica context of `tf.distribute`, `lgamma`, a loop that must run one iteration at a time,
+64-bit scopes, autodiff and custom-gradient glue — the module of the active Keras backend
+(`_tf`, `_jax`, `_torch`) implements the function below, and only that module imports its
+framework. Adding a backend path is adding the function to each of the three modules.
+"""
+
+import importlib
+
+import keras
+
+_MODULES = {"tensorflow": "_tf", "jax": "_jax", "torch": "_torch"}
+
+
+def name():
+    return keras.backend.backend()
+
+
+def _impl():
+    backend = name()
+    if backend not in _MODULES:
+        raise NotImplementedError(
+            f"losskit supports the tensorflow, jax and torch Keras backends, not {backend!r}"
+        )
+    return importlib.import_module(f"losskit.backend.{_MODULES[backend]}")
+
+
+def replica_context():
+    """`(replicas in sync, context)` inside a `tf.distribute` replica; `(1, None)` elsewhere.
+
+    JAX `DataParallel` and torch see the global batch inside one program, so they need no
+    cross-replica correction.
+    """
+    return _impl().replica_context()
+
+
+def all_reduce_sum(context, x):
+    """Sum of `x` over the replicas of `context` (`x` itself when `context` is None)."""
+    return x if context is None else context.all_reduce("sum", x)
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` is a `tf.distribute.MultiWorkerMirroredStrategy`."""
+    return _impl().is_multi_worker(strategy)
+
+
+def lgamma(x):
+    """`log |Gamma(x)|` elementwise (`keras.ops` has none)."""
+    return _impl().lgamma(x)
+
+
+def sequential_fori_loop(upper, body, init):
+    """`keras.ops.fori_loop(0, upper, body, init)` that runs one iteration at a time.
+
+    TensorFlow graphs otherwise run up to 10 iterations ahead, each holding its own
+    temporaries (a memory bound for chunked losses becomes ten times that bound).
+    """
+    return _impl().sequential_fori_loop(upper, body, init)
+
+
+def float64_scope():
+    """A context in which `keras.ops` computes in float64 (JAX needs x64 switched on)."""
+    return _impl().float64_scope()
+
+
+def pack_upstream(value, flat_upstream):
+    """The upstream gradient in the structure of `value` (TensorFlow and torch hand it flat)."""
+    if not keras.tree.is_nested(value):
+        return flat_upstream[0]
+    return keras.tree.pack_sequence_as(value, list(flat_upstream))
+
+
+def custom_gradient(inner, diff, constants):
+    """Calls `inner(diff, constants) -> (value, rule)` so that autodiff differentiates `value`
+    w.r.t. the tensors `diff` by `rule(upstream) -> [gradient or None per diff tensor]`.
+
+    `constants` (integer labels, masks) get no gradient. They are handed to `inner` rather than
+    closed over: JAX cannot differentiate a custom-gradient function that closes over values
+    traced by an enclosing `jit`.
+    """
+    return _impl().custom_gradient(inner, list(diff), list(constants))
+
+
+def value_and_grad(fn, inputs):
+    """`(fn(*inputs), [d sum(fn(*inputs)) / d x for x in inputs])` by the backend's autodiff."""
+    return _impl().value_and_grad(fn, inputs)
+
+
+def compile_function(fn):
+    """`fn` compiled for repeated calls on same-shaped inputs (`jax.jit`, `tf.function`), or
+    `fn` itself where compiling brings nothing (torch eager)."""
+    return _impl().compile_function(fn)

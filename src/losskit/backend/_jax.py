@@ -1,0 +1,71 @@
+"""JAX implementations of `losskit.backend`."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+from losskit import _keras
+
+
+def replica_context():
+    return 1, None  # DataParallel runs one program over the global batch
+
+
+def is_multi_worker(strategy):
+    del strategy
+    return False
+
+
+def lgamma(x):
+    return jax.lax.lgamma(x)
+
+
+def sequential_fori_loop(upper, body, init):
+    return jax.lax.fori_loop(0, upper, body, init)
+
+
+@contextlib.contextmanager
+def float64_scope():
+    # 64-bit types need x64 switched on, and Keras maps float64 to float32 under JAX unless told
+    # otherwise, so a float64 `sin(x)` would silently run in float32.
+    with jax.enable_x64(True), _keras.float64_promotion():
+        yield
+
+
+def custom_gradient(inner, diff, constants):
+    # JAX differentiates every argument of a custom gradient and needs a cotangent for each: the
+    # constants travel as float32 (exact for integers below 2**24) and get zeros, as do inputs
+    # whose rule returns None.
+    dtypes = [c.dtype for c in constants]
+    n = len(diff)
+
+    def fn(*xs):
+        carried = [x.astype(dtype) for x, dtype in zip(xs[n:], dtypes)]
+        value, rule = inner(xs[:n], carried)
+
+        def grad(upstream):
+            grads = rule(upstream)
+            grads = [jnp.zeros_like(x) if g is None else g for x, g in zip(xs[:n], grads)]
+            return (*grads, *(jnp.zeros_like(x) for x in xs[n:]))
+
+        return value, grad
+
+    return jax.custom_gradient(fn)(*diff, *(c.astype("float32") for c in constants))
+
+
+def value_and_grad(fn, inputs):
+    if not inputs:
+        return fn(), []
+
+    def summed(*args):
+        out = fn(*args)
+        return out.sum(), out
+
+    argnums = tuple(range(len(inputs)))
+    (_, value), grads = jax.value_and_grad(summed, argnums=argnums, has_aux=True)(*inputs)
+    return value, list(grads)
+
+
+def compile_function(fn):
+    return jax.jit(fn)

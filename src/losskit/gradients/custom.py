@@ -1,0 +1,153 @@
+"""`custom_gradient`: one calling convention for a hand-written gradient on every backend
+(`keras.ops.custom_gradient` passes different arguments per backend)."""
+
+import contextlib
+import functools
+import inspect
+import threading
+
+from keras import ops
+
+from losskit import backend
+from losskit.gradients.autodiff import is_floating_dtype
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def plain_autodiff():
+    """Within this context every `@custom_gradient` function ignores its hand-written gradient and
+    is differentiated by plain autodiff of its forward pass. `check_gradients` uses it to obtain the
+    reference gradient; it is also handy to debug a suspicious gradient rule in a training loop.
+    It acts when a function is traced: a `tf.function`/`jax.jit` step traced before entering the
+    context keeps the hand-written rule (build and compile the model inside the context)."""
+    previous = getattr(_state, "plain", False)
+    _state.plain = True
+    try:
+        yield
+    finally:
+        _state.plain = previous
+
+
+def _plain_active():
+    return getattr(_state, "plain", False)
+
+
+def is_tensor_like(value):
+    """Arrays, backend tensors and Keras variables are inputs; Python scalars, strings and None
+    are constant hyperparameters."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _binder(f):
+    """Returns `bind(args, kwargs) -> (values, call)`: the call's arguments in signature order,
+    and `call(values)` calling `f` with replaced values. Functions with `*args`/`**kwargs` are
+    called positionally."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):
+        signature = None
+    variadic = signature is None or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
+    )
+
+    def bind(args, kwargs):
+        if variadic:
+            if kwargs:
+                raise TypeError(
+                    f"losskit.custom_gradient '{f.__name__}' takes *args/**kwargs, so it must be "
+                    "called with positional tensors only."
+                )
+            return list(args), lambda values: f(*values)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        names = list(bound.arguments)
+
+        def call(values):
+            bound.arguments.update(zip(names, values))
+            return f(*bound.args, **bound.kwargs)
+
+        return list(bound.arguments.values()), call
+
+    return bind
+
+
+def custom_gradient(f):
+    """Decorator: `f(*tensors)` returns `(value, grad_fn)` and `grad_fn(upstream)` returns one
+    gradient per input, the same on the TensorFlow, JAX and PyTorch backends.
+
+    ```python
+    @losskit.custom_gradient
+    def log1pexp(x):
+        def grad_fn(upstream):
+            return (upstream * keras.ops.sigmoid(x),)   # one gradient per input
+        return keras.ops.softplus(x), grad_fn
+    ```
+
+    - Inputs are the arguments that are tensors (arrays, backend tensors, Keras variables), passed
+      positionally or by keyword (objective terms call functions by parameter name). Python
+      scalars, strings and `None` (e.g. `temperature=2.0`) are constant hyperparameters.
+    - `upstream` has the structure of `value` (a tensor for a single output). `grad_fn` returns a
+      tuple/list with one entry per tensor input, in signature order (or one per parameter, with
+      `None` for hyperparameters), each of that input's shape, or `None` for inputs that get no
+      gradient (labels, masks). Integer/bool inputs are never differentiated; they reach `f` as
+      arguments of the differentiated function, so `f` may close over them freely under `jit`.
+    - The result mixes with autodiff: gradients flow through the hand-written rule into whatever
+      produced the inputs (e.g. layers below a logistic head), inside `tf.function`, `jax.jit`
+      and `Model.fit`. Keras variables passed as arguments are read as tensors; under TensorFlow
+      a function that reads a variable it was not given raises a clear error on differentiation.
+    - `f.forward` (the value computation alone) and `f.rule` (the undecorated `f`) stay
+      reachable; inside `losskit.gradients.plain_autodiff()` the hand-written gradient is bypassed
+      and autodiff differentiates the forward pass, which is how `check_gradients` validates it.
+    """
+    bind = _binder(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        if _plain_active():
+            return f(*args, **kwargs)[0]
+        values, call = bind(args, kwargs)
+        tensor_pos = [i for i, v in enumerate(values) if is_tensor_like(v)]
+        values = [ops.convert_to_tensor(v) if i in tensor_pos else v for i, v in enumerate(values)]
+        wrt = [i for i in tensor_pos if is_floating_dtype(values[i].dtype)]
+        if not wrt:
+            return call(values)[0]
+        fixed = [i for i in tensor_pos if i not in wrt]
+
+        def inner(diff, constants):
+            full = list(values)
+            for i, x in zip(wrt + fixed, list(diff) + list(constants)):
+                full[i] = x
+            value, grad_fn = call(full)
+
+            def rule(upstream):
+                grads = grad_fn(upstream)
+                if not isinstance(grads, (tuple, list)):
+                    grads = (grads,)
+                if len(grads) == len(tensor_pos):
+                    by_position = dict(zip(tensor_pos, grads))
+                elif len(grads) == len(values):
+                    by_position = dict(enumerate(grads))
+                else:
+                    raise ValueError(
+                        f"losskit.custom_gradient '{f.__name__}': grad_fn returned "
+                        f"{len(grads)} gradient(s) for {len(tensor_pos)} tensor input(s); return "
+                        "one per input (None for inputs without a gradient)."
+                    )
+                return [
+                    None if by_position[i] is None else ops.cast(by_position[i], x.dtype)
+                    for i, x in zip(wrt, diff)
+                ]
+
+            return value, rule
+
+        return backend.custom_gradient(inner, [values[i] for i in wrt], [values[i] for i in fixed])
+
+    def forward(*args, **kwargs):
+        return f(*args, **kwargs)[0]
+
+    wrapper.forward = forward
+    wrapper.rule = f
+    wrapper.is_custom_gradient = True
+    return wrapper
+
