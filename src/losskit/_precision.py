@@ -8,6 +8,7 @@ is ever accumulated in 16 bits.
 import functools
 
 import keras
+import numpy as np
 from keras import ops
 
 LOW_PRECISION = ("float16", "bfloat16")
@@ -32,14 +33,20 @@ def to_float(x, dtype):
     return ops.cast(x, dtype)
 
 
+def as_tensor(x):
+    """NumPy arrays become backend tensors (torch cannot mix them with its tensors); everything
+    else passes unchanged."""
+    return ops.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
+
+
 def compute_in_float32(fn):
-    """Wraps `fn` so that 16-bit floating tensor arguments reach it as float32 (and so its sums
-    and its result are float32). Other arguments pass unchanged."""
+    """Wraps `fn` so that array arguments reach it as backend tensors and 16-bit floating ones as
+    float32 (so its sums and its result are float32). Other arguments pass unchanged."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        args = [upcast(a) for a in args]
-        kwargs = {k: upcast(v) for k, v in kwargs.items()}
+        args = [upcast(as_tensor(a)) for a in args]
+        kwargs = {k: upcast(as_tensor(v)) for k, v in kwargs.items()}
         return fn(*args, **kwargs)
 
     return wrapper

@@ -43,6 +43,7 @@ def register(fn=None, *, precision="float32"):
     if precision not in ("float32", "input"):
         raise ValueError(f"register: precision must be 'float32' or 'input', got {precision!r}")
     wrapped = _precision.compute_in_float32(fn) if precision == "float32" else fn
+    # Both forms take NumPy arrays on every backend.
     wrapped.precision = precision
     wrapped = keras.saving.register_keras_serializable(package=PACKAGE)(wrapped)
     FUNCTIONS[fn.__name__] = (_family(fn.__module__), wrapped)

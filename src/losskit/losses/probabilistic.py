@@ -53,7 +53,10 @@ def gaussian_nll(y_true, mean, variance, eps=1e-6, full=False):
 @register
 def gaussian_nll_packed(y_true, y_pred, eps=1e-6, full=False):
     r"""`gaussian_nll` with `y_pred = concatenate([mean, variance], axis=-1)`: the form of the
-    `GaussianNLL` Loss class, for a model with one output of `2 * d` units."""
+    `GaussianNLL` Loss class, for a model with one output of `2 * d` units,
+    :math:`\tfrac12 (\log \sigma^2 + (y - \mu)^2 / \sigma^2)` averaged over the `d` targets.
+
+    Reference: Nix & Weigend, ICNN 1994 (as `gaussian_nll`)."""
     d = y_pred.shape[-1] // 2
     return gaussian_nll(y_true, y_pred[..., :d], y_pred[..., d:], eps=eps, full=full)
 
