@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+import losskit
 from losskit import Objective, ObjectiveModel, Term
 from losskit.schedules import Linear
 
@@ -218,14 +219,19 @@ def test_save_load_and_resume_equals_uninterrupted_training(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_nan_policy_raise_names_the_term_and_the_step():
+def test_nan_policy_raise_names_the_term_and_the_batch_in_fit_and_evaluate():
     teacher = TEACHER.copy()
-    teacher[20] = np.nan  # batch 2 (samples 16..23) of the first epoch: step 2
+    teacher[20] = np.nan  # batch 2 (samples 16..23, Keras's batch index 2) of the first epoch
     model = compiled(ObjectiveModel(functional(), objective(), nan_policy="raise"))
-    with pytest.raises(FloatingPointError, match="term 'distill' became nan at step 2"):
-        model.fit(
-            {"features": X, "teacher": teacher}, Y, batch_size=8, epochs=2, shuffle=False, verbose=0
-        )
+    data = {"features": X, "teacher": teacher}
+    with pytest.raises(
+        FloatingPointError,
+        match=r"term 'distill' became nan in fit, epoch 1, batch 2 \(optimizer step 2\)",
+    ):
+        model.fit(data, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    model = compiled(ObjectiveModel(functional(), objective(), nan_policy="raise"))
+    with pytest.raises(FloatingPointError, match="term 'distill' became nan in evaluate, batch 2"):
+        model.evaluate(data, Y, batch_size=8, verbose=0)
     with pytest.raises(ValueError, match="nan_policy"):
         ObjectiveModel(functional(), objective(), nan_policy="ignore")
 
@@ -233,7 +239,9 @@ def test_nan_policy_raise_names_the_term_and_the_step():
 def test_nan_policy_round_trips_and_default_does_not_raise():
     teacher = TEACHER.copy()
     teacher[20] = np.nan
-    model = compiled(ObjectiveModel(functional(), objective()))
+    # losskit's BCE: Keras's own raises on NaN predictions under torch instead of returning NaN.
+    terms = [Term(losskit.losses.binary_crossentropy, name="bce"), *objective().terms[1:]]
+    model = compiled(ObjectiveModel(functional(), Objective(terms)))
     history = model.fit({"features": X, "teacher": teacher}, Y, batch_size=8, verbose=0)
     assert np.isnan(history.history["distill"][0])
     config = ObjectiveModel(functional(), objective(), nan_policy="raise").get_config()

@@ -48,8 +48,9 @@ def test_custom_gradient_equals_autodiff_on_real_batch(result):
 
 
 def test_dense_layer_gets_autodiff_gradient_through_the_head():
-    """Training through `Term(..., inputs="layer.latent", kernel="var.logistic.kernel")` gives
-    the same step as a hand-written GradientTape-free reference: plain autodiff of the NLL."""
+    """Training through `Term(..., inputs={"inputs": "layer.latent"},
+    kernel="var.logistic.kernel")` gives the same step as a hand-written GradientTape-free
+    reference: plain autodiff of the NLL."""
     X, y, _, _ = recipe.load_split()
     X, y = X[:100], y[:100].astype("float32")
     keras.utils.set_random_seed(0)

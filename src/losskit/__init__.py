@@ -1,6 +1,6 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import gradients, losses, metrics, schedules
+from losskit import gradients, losses, metrics, schedules, sources
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
@@ -22,5 +22,6 @@ __all__ = [
     "Objective",
     "ObjectiveModel",
     "schedules",
+    "sources",
     "Term",
 ]

@@ -8,7 +8,7 @@ from keras import ops
 
 from losskit import backend
 from losskit._keras import no_automatic_dependency_tracking
-from losskit.objective import Objective, _batch_size
+from losskit.objective import Objective
 
 
 class _TotalTracker(keras.metrics.Mean):
@@ -44,34 +44,34 @@ class _Latest(keras.metrics.Metric):
 
 
 class _NanGuard(keras.callbacks.Callback):
-    """Stops `fit` at the first step where a term's logged value is NaN or infinite."""
+    """Stops `fit` or `evaluate` at the first batch where a term's logged value is NaN or
+    infinite, naming the term and the batch as Keras numbers it (the `batch` index its callbacks
+    receive, from 0 in each epoch) with the optimizer step."""
 
     def __init__(self, names):
         super().__init__()
-        self.names = names
-        self._base = 0
-        self._last = -1
-
-    def on_train_begin(self, logs=None):
-        self._base = int(np.asarray(self.model.optimizer.iterations))
-        self._last = self._base - 1
+        self.names = [*names, "loss"]
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._base = self._last + 1
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._last = self._base + batch
-        for name in [*self.names, "loss"]:
+    def _check(self, where, logs):
+        for name in self.names:
             if name in (logs or {}):
-                value = float(np.asarray(logs[name]))
+                value = float(np.asarray(ops.convert_to_numpy(logs[name])))
                 if not math.isfinite(value):
                     raise FloatingPointError(
-                        f"nan_policy='raise': term '{name}' became {value} at step {self._last} "
-                        f"(epoch {self._epoch + 1}, batch {batch + 1}). Check its inputs, "
-                        "weight and learning rate."
+                        f"nan_policy='raise': term '{name}' became {value} in {where}. Check its "
+                        "inputs, weight and learning rate."
                     )
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        self._check(f"fit, epoch {self._epoch + 1}, batch {batch} (optimizer step {step})", logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._check(f"evaluate, batch {batch}", logs)
 
 
 @keras.saving.register_keras_serializable(package="losskit")
@@ -111,13 +111,13 @@ class ObjectiveModel(keras.Model):
         self.inner = inner_model
         self.objective = objective
         self.nan_policy = nan_policy
-        self._taps = sorted(s[6:] for s in objective.sources if s.startswith("layer."))
+        self._taps = objective.taps
         self._tapped = self._tap(inner_model) if self._taps else None
         self._with_taps = False
-        self._term_trackers = [keras.metrics.Mean(name=t.name) for t in objective.terms]
-        self._weight_trackers = [
-            _Latest(f"{t.name}_weight") for t in objective.terms if callable(t.weight)
-        ]
+        self._term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in objective.terms}
+        self._weight_trackers = {
+            t.name: _Latest(f"{t.name}_weight") for t in objective.terms if callable(t.weight)
+        }
         # The step after the last training step, read by evaluation: under JAX the compiled test
         # step cannot read the optimizer's step (not part of its state); a model variable is.
         self._objective_step = self.add_weight(
@@ -166,7 +166,7 @@ class ObjectiveModel(keras.Model):
             return x
         structure = getattr(self.inner, "_inputs_struct", None)
         if structure is None:  # subclassed model: every key that is not side data
-            side = {s[2:] for s in self.objective.sources if s.startswith("x.")}
+            side = set(self.objective.side_inputs)
             kept = {k: v for k, v in x.items() if k not in side}
             return next(iter(kept.values())) if len(kept) == 1 else kept
         missing = [t.name for t in keras.tree.flatten(structure) if t.name not in x]
@@ -267,40 +267,47 @@ class ObjectiveModel(keras.Model):
         else:
             layers, pred = {}, y_pred
         step = self._step(training)
-        total, values, weights = self.objective.compute(
+        result = self.objective.compute(
             x, y, pred, sample_weight, step=step, layers=layers, variables=self.inner
         )
+        total = result.total
         for loss in self.losses:  # regularizers and add_loss() of the inner model
             total = total + self._aggregate_additional_loss(loss)
         if training:
             self._objective_step.assign(ops.cast(step, "int32") + 1)
-        self._track(x, pred, total, values, weights if training else {})
+        self._track(total, result)
         return total
 
-    def _track(self, x, pred, total, values, weights):
-        _, ctx = backend.replica_context()
-        n_local = _batch_size(pred, x)
-        n_global = backend.all_reduce_sum(ctx, n_local)
+    def _track(self, total, result):
         # A replica's share times N_global / n_local, weighted by n_local, sums to the global
         # value over replicas whatever the split.
-        scale = ops.divide_no_nan(n_global, n_local)
-        self._loss_tracker.feed(total * scale, sample_weight=n_local)
-        for tracker in self._term_trackers:
-            tracker.update_state(values[tracker.name] * scale, sample_weight=n_local)
-        for tracker in self._weight_trackers:
-            if weights:  # evaluation keeps showing the weight training last used
-                tracker.update_state(weights[tracker.name[: -len("_weight")]])
+        scale = ops.divide_no_nan(result.global_batch, result.batch)
+        self._loss_tracker.feed(total * scale, sample_weight=result.batch)
+        for name, tracker in self._term_trackers.items():
+            tracker.update_state(result.values[name] * scale, sample_weight=result.batch)
+        for name, tracker in self._weight_trackers.items():
+            tracker.update_state(result.weights[name])  # the weight this step applied
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict) and "pred" in y_pred and self._tapped is not None:
             y_pred = y_pred["pred"]
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
             callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        _refuse_empty("evaluate", x)
+        # fit() validates through evaluate() with its own CallbackList, guard included.
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks or [])
+            if self.nan_policy == "raise":
+                callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
+        return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ----- saving -------------------------------------------------------------------------------
 
@@ -319,3 +326,24 @@ class ObjectiveModel(keras.Model):
         objective = keras.saving.deserialize_keras_object(config.pop("objective"))
         return cls(inner, objective, **config)
 
+
+def _refuse_empty(method, x):
+    """An empty dataset would run no step; Keras then fails with an unrelated error (JAX:
+    UnboundLocalError). Arrays, dicts of arrays and datasets of known size are checked here."""
+    sizes = []
+    for t in keras.tree.flatten(x):
+        if hasattr(t, "shape") and len(t.shape) > 0 and t.shape[0] is not None:
+            sizes.append(t.shape[0])
+    cardinality = getattr(x, "cardinality", None)
+    if callable(cardinality):
+        try:
+            sizes.append(int(cardinality()))
+        except (TypeError, ValueError):  # unknown or infinite size: nothing to check
+            pass
+    elif hasattr(x, "__len__") and not isinstance(x, (dict, list, tuple)) and not sizes:
+        sizes.append(len(x))
+    if 0 in sizes:
+        raise ValueError(
+            f"ObjectiveModel.{method}: the data has no samples (a batch dimension of 0), so "
+            "no step would run. Check the split or the filter that produced it."
+        )

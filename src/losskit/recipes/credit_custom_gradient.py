@@ -9,7 +9,7 @@ With losskit no `train_step` has to be written. `losskit.losses.logistic_nll(y_t
 kernel, bias)` carries an analytic gradient (`@losskit.custom_gradient`), and a `losskit.Term`
 routes its arguments to the tensors of the step:
 
-    Term(logistic_nll, y_true="y", inputs="layer.latent",
+    Term(logistic_nll, y_true="y", inputs={"inputs": "layer.latent"},
          kernel="var.logistic.kernel", bias="var.logistic.bias")
 
 The head's weights get the hand-written gradient; the gradient with respect to ``inputs`` flows on,
@@ -73,7 +73,7 @@ def make_objective():
             losskit.Term(
                 logistic_nll,
                 y_true="y",
-                inputs="layer.latent",
+                inputs={"inputs": "layer.latent"},
                 kernel="var.logistic.kernel",
                 bias="var.logistic.bias",
                 name="nll",

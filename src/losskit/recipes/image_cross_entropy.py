@@ -43,6 +43,7 @@ ARMS = ("losskit_ce", "keras_ce")
 
 def naive_categorical_crossentropy(y_true, y_pred):
     """The textbook formula with no guard: ``-sum(y * log(p))`` per sample (do not use)."""
+    y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
     return -ops.sum(y_true * ops.log(y_pred), axis=-1)
 
 
