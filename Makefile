@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # Quiet TensorFlow's C++ start-up chatter; it hides real test output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-PYTEST_ARGS ?=
+# Two workers: the suite is mostly Python-bound tracing, and CI machines have 2 cores.
+PYTEST_ARGS ?= -n 2
 
 .PHONY: install demo test test-tf test-jax test-torch lint bench clean
 
