@@ -139,9 +139,20 @@ def test_one_dimensional_inputs_stay_per_sample():
         np.testing.assert_allclose(out, ref(_residual(y, p)), rtol=1e-5, atol=1e-6)
 
 
-def test_extra_axes_are_averaged_per_sample():
+def test_extra_axes_give_per_position_values_like_keras():
     y, p = _data(8, shape=(2, 3, 4))
-    np.testing.assert_allclose(_np(L.mse(y, p)), (_residual(y, p) ** 2).mean(axis=(1, 2)), 1e-5)
+    np.testing.assert_allclose(_np(L.mse(y, p)), (_residual(y, p) ** 2).mean(axis=-1), 1e-5)
+    np.testing.assert_allclose(_np(L.mse(y, p)), _np(keras.losses.mean_squared_error(y, p)), 1e-6)
+
+
+def test_per_timestep_weights_equal_keras_and_misfit_weights_raise():
+    y, p = _data(3, shape=(2, 3, 1))
+    w = np.array([[1.0, 0.0, 2.0], [0.5, 1.5, 1.0]], "float32")
+    got = _np(L.MSE()(y, p, sample_weight=w))
+    np.testing.assert_allclose(got, _np(keras.losses.MeanSquaredError()(y, p, sample_weight=w)),
+                               rtol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match=r"loss 'Pinball': sample_weight of shape \(2, 2\)"):
+        L.Pinball()(y, p, sample_weight=np.ones((2, 2), "float32"))
 
 
 def test_loss_classes_reduce_like_keras():

@@ -86,3 +86,23 @@ def check_per_sample(owner, values, batch_size=None):
             f"{owner}: the function returned values of shape {shape}, but the batch has "
             f"{batch_size} samples; the leading axis of the output must be the batch."
         )
+
+
+def check_sample_weight(owner, sample_weight, values):
+    """The shape `sample_weight` takes to multiply `values`: one weight per sample `(B,)` or per
+    position (a leading part of `values`' shape, e.g. `(B, T)` for `(B, T)` values), a trailing
+    axis of 1 dropped, as Keras applies weights. Anything else raises: it would be broadcast
+    silently. Returns the weights' shape with the trailing 1s dropped."""
+    shape, target = _shape(sample_weight), _shape(values)
+    while len(shape) > 1 and len(shape) > len(target) and shape[-1] == 1:
+        shape = shape[:-1]
+    fits = len(shape) == 0 or (
+        len(shape) <= len(target) and _compatible(shape, target[: len(shape)])
+    )
+    if not fits:
+        raise ValueError(
+            f"{owner}: sample_weight of shape {_shape(sample_weight)} does not fit its values "
+            f"of shape {target}: give one weight per sample {target[:1]} or per position (a "
+            f"leading part of {target}). losskit never broadcasts weights silently."
+        )
+    return shape

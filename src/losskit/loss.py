@@ -34,6 +34,8 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
             label_dtype = None if self.sparse_labels else self.dtype
             y_true = ops.convert_to_tensor(y_true, dtype=label_dtype)
             losses = self.call(y_true, y_pred)
+            if sample_weight is not None:
+                _contract.check_sample_weight(self._owner, sample_weight, losses)
             out_mask = get_keras_mask(losses)
             masks = [m for m in (in_mask, out_mask) if m is not None]
             mask = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)

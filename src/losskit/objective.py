@@ -279,24 +279,11 @@ class Result:
 
 
 def _fit_sample_weight(term, sample_weight, values):
-    """`sample_weight` shaped to multiply `values`, as Keras applies it: one weight per sample
-    `(B,)`, or per position (the leading axes of `values`, e.g. `(B, T)` for `(B, T)` values);
-    a trailing axis of 1 is dropped. Anything else raises: it would be broadcast silently."""
+    """`sample_weight` shaped to multiply `values` (see `_contract.check_sample_weight`)."""
     sw = ops.cast(sample_weight, "float32")
-    shape, target = tuple(sw.shape), tuple(values.shape)
-    while len(shape) > 1 and len(shape) > len(target) and shape[-1] == 1:
-        sw = ops.squeeze(sw, -1)
-        shape = shape[:-1]
-    fits = 0 < len(shape) <= len(target) and all(
-        a is None or b is None or a == b for a, b in zip(shape, target)
-    )
-    if not fits:
-        raise ValueError(
-            f"Term '{term}': sample_weight of shape {shape} does not fit its values of shape "
-            f"{target}: give one weight per sample {target[:1]} or per position "
-            f"(a leading part of {target}). losskit never broadcasts weights silently."
-        )
-    for _ in range(len(target) - len(shape)):
+    shape = _contract.check_sample_weight(f"Term '{term}'", sw, values)
+    sw = ops.reshape(sw, [-1 if d is None else d for d in shape]) if shape else sw
+    for _ in range(len(values.shape) - len(shape)):
         sw = ops.expand_dims(sw, -1)
     return sw
 

@@ -80,10 +80,11 @@ def epsilon():
 
 
 def per_sample_mean(x):
-    """Mean over every axis but the leading (batch) one; a 1-D input is already per sample."""
+    """Mean over the last axis, as Keras's element-wise losses take it: `(B, d)` gives one value
+    per sample, `(B, T, d)` one per position `(B, T)`; a 1-D input is already per sample."""
     if len(x.shape) <= 1:
         return x
-    return ops.mean(x, axis=tuple(range(1, len(x.shape))))
+    return ops.mean(x, axis=-1)
 
 
 def per_sample_sum(x):
