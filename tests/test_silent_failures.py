@@ -228,3 +228,72 @@ def test_general_robust_alpha_plus_infinity():
     np.testing.assert_allclose(near, expected, rtol=1e-3)
     loss = losskit.losses.GeneralRobust(alpha=float("inf"), scale=scale)
     assert np.isclose(float(ops.convert_to_numpy(loss(y_true, y_pred))), expected.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# 10b. check_gradients: labels without a declared gradient are not failures
+
+
+@losskit.custom_gradient
+def _logistic_with_label(y_true, logits):
+    value = ops.softplus(logits) - y_true * logits
+
+    def grad_fn(upstream):
+        return None, upstream * (ops.sigmoid(logits) - y_true)
+
+    return value, grad_fn
+
+
+def _calls_custom(y_true, logits):
+    return 2.0 * _logistic_with_label(y_true, logits)
+
+
+def _float_labels():
+    rng = np.random.default_rng(1)
+    return rng.uniform(0.1, 0.9, (6,)), rng.normal(size=(6,))
+
+
+@pytest.mark.parametrize("fn", [_calls_custom, losskit.losses.logistic_nll],
+                         ids=["calls_custom_gradient", "logistic_nll"])
+def test_check_gradients_skips_labels_without_declared_gradient(fn):
+    y, z = _float_labels()
+    if fn is losskit.losses.logistic_nll:
+        rng = np.random.default_rng(2)
+        inputs = (y, rng.normal(size=(6, 3)), rng.normal(size=(3, 1)), rng.normal(size=(1,)))
+    else:
+        inputs = (y, z)
+    report = losskit.check_gradients(fn, *inputs)
+    assert report.ok, str(report)
+    assert not report.inputs[0].checked
+    assert "grad_fn declares no gradient" in str(report)
+    assert report.max_abs_error[0] is None
+    assert report.max_rel_error[0] is None
+    assert report.worst_index[0] is None
+    assert all(e < 1e-6 for e in report.max_abs_error[1:])
+
+
+def test_check_gradients_wrt_still_checks_a_label():
+    y, z = _float_labels()
+    report = losskit.check_gradients(_calls_custom, y, z, wrt=[0, 1])
+    assert not report.ok
+    assert report.inputs[0].checked and report.inputs[1].checked
+    assert "input 0 'y_true' (6,) vs autodiff: MISMATCH" in str(report)
+    assert report.max_abs_error[0] > 0.1
+
+
+@losskit.custom_gradient
+def _zero_label_gradient(y_true, logits):
+    value = ops.softplus(logits) - y_true * logits
+
+    def grad_fn(upstream):  # claims a gradient for y_true, and gets it wrong
+        return ops.zeros_like(y_true), upstream * (ops.sigmoid(logits) - y_true)
+
+    return value, grad_fn
+
+
+def test_check_gradients_still_catches_a_wrong_label_gradient():
+    y, z = _float_labels()
+    report = losskit.check_gradients(lambda a, b: 2.0 * _zero_label_gradient(a, b), y, z)
+    assert not report.ok
+    assert report.inputs[0].checked
+    assert "input 0 'a' (6,) vs autodiff: MISMATCH" in str(report)
