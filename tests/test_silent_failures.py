@@ -297,3 +297,113 @@ def test_check_gradients_still_catches_a_wrong_label_gradient():
     assert not report.ok
     assert report.inputs[0].checked
     assert "input 0 'a' (6,) vs autodiff: MISMATCH" in str(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. The command line
+
+
+@pytest.fixture
+def bare_recipe(monkeypatch):
+    """`bare-recipe`: records its config and returns a result without `checks`."""
+    import sys
+    import types
+
+    from losskit import recipes
+
+    module = types.ModuleType("losskit_test_bare_recipe")
+    module.NAME, module.SUMMARY = "bare-recipe", "a recipe without checks"
+    module.OPTIONS = {"scale": 1.0, "hidden": 4, "plot": True, "dataset": "mnist"}
+    module.calls = []
+
+    def run(config):
+        module.calls.append(config)
+        return {"seeds": [0], "metrics": {}, "history": {}, "plots": [], "notes": []}
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(recipes, "RECIPES", {"bare-recipe": module.__name__})
+    return module
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("scale=abc", "bare-recipe: option scale must be a number, got 'abc'"),
+        ("scale=NaN", "bare-recipe: option scale must be a finite number, got nan"),
+        ("hidden=2.5", "bare-recipe: option hidden must be an integer, got 2.5"),
+        ("hidden=true", "bare-recipe: option hidden must be a number, got True"),
+        ("plot=1", "bare-recipe: option plot must be true or false, got 1"),
+    ],
+)
+def test_cli_bad_option_value_is_a_one_line_error(bare_recipe, tmp_path, capsys, option, message):
+    from losskit.recipes import cli
+
+    code = cli.main(["run", "bare-recipe", "--out", str(tmp_path), "-o", option])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.splitlines()[0] == f"losskit: {message}"
+    assert "Traceback" not in err
+    assert not bare_recipe.calls
+
+
+def test_cli_bad_option_value_of_a_real_recipe(tmp_path, capsys):
+    from losskit.recipes import cli
+
+    code = cli.main(["run", "airfoil-huber", "--out", str(tmp_path), "-o", "delta=abc"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "losskit: airfoil-huber: option delta must be a number, got 'abc'" in err
+    assert "Traceback" not in err
+
+
+def test_cli_good_option_values_are_converted(bare_recipe, tmp_path, capsys):
+    from losskit.recipes import cli
+
+    argv = ["run", "bare-recipe", "--out", str(tmp_path), "-o", "scale=2", "-o", "hidden=8.0",
+            "-o", "plot=false", "-o", "dataset=digits"]
+    assert cli.main(argv) == 0
+    (config,) = bare_recipe.calls
+    assert config.options == {"scale": 2.0, "hidden": 8, "plot": False, "dataset": "digits"}
+    assert isinstance(config.options["hidden"], int)
+
+
+def test_cli_report_on_a_missing_folder_fails(tmp_path, capsys):
+    from losskit.recipes import cli
+
+    missing = tmp_path / "missing"
+    assert cli.main(["report", "--out", str(missing)]) != 0
+    err = capsys.readouterr().err
+    assert "nothing to report" in err and str(missing) in err
+    assert not missing.exists()
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["report", "--out", str(tmp_path / "empty")]) != 0
+    assert "nothing to report" in capsys.readouterr().err
+
+
+def test_cli_writes_no_progress_bars_into_a_redirected_log(bare_recipe, tmp_path, capsys):
+    import io
+
+    from losskit.recipes import cli, common
+
+    # capsys replaces stdout with a non-terminal, as `losskit run ... > log` does
+    assert cli.main(["run", "bare-recipe", "--out", str(tmp_path)]) == 0
+    assert cli.main(["run", "bare-recipe", "--out", str(tmp_path), "--verbose", "1"]) == 0
+    assert [c.verbose for c in bare_recipe.calls] == [2, 1]  # an explicit choice is kept
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert common.fit_verbosity(Terminal()) == 1
+    assert common.fit_verbosity(io.StringIO()) == 2
+
+
+def test_every_result_json_has_checks(bare_recipe, tmp_path, capsys):
+    import json
+
+    from losskit.recipes import cli
+
+    assert cli.main(["run", "bare-recipe", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bare-recipe" / "result.json").read_text())
+    assert result["checks"] == {}
