@@ -2,9 +2,11 @@
 become a registered Keras class's constructor arguments and config."""
 
 import inspect
+import numbers
 import types
 
 import keras
+import numpy as np
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -65,6 +67,15 @@ def make_class(fn, base, kind, package, name):
     return keras.saving.register_keras_serializable(package=package, name=class_name)(cls)
 
 
+def _is_number(value):
+    """Python and NumPy ints and floats; bools (an `int` subclass) and strings are not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _numeric_default(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def bind_parameters(cls, args, params):
     """Validates constructor arguments against the wrapped function's keyword parameters."""
     if args:
@@ -86,6 +97,13 @@ def bind_parameters(cls, args, params):
                 f"{cls.__name__}: parameter '{key}' is a lambda, which cannot be saved and "
                 "reloaded in safe mode; pass a named function registered with "
                 "@keras.saving.register_keras_serializable()."
+            )
+        # A string such as delta="2.0" would otherwise fail deep inside the backend, naming
+        # neither the loss nor the parameter.
+        if _numeric_default(cls.defaults[key]) and not _is_number(value):
+            raise TypeError(
+                f"{cls.__name__}: parameter '{key}' must be a number (int or float), got "
+                f"{value!r} of type {type(value).__name__}."
             )
     return {**cls.defaults, **params}
 

@@ -14,11 +14,36 @@ float(weight(250))  # 0.5
 """
 
 import math
+import numbers
 
 import keras
 from keras import ops
 
 _register = keras.saving.register_keras_serializable(package="losskit")
+
+
+def _number(schedule, name, value):
+    """`value` as a finite float; strings, bools, NaN and inf are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{schedule}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{schedule}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _integer(schedule, name, value, minimum):
+    """`value` as an int >= `minimum`; a float is accepted only when integral (1e3)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{schedule}: {name} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    elif math.isfinite(value) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise TypeError(f"{schedule}: {name} must be an integer number of steps, got {value!r}")
+    if number < minimum:
+        raise ValueError(f"{schedule}: {name} must be >= {minimum}, got {value!r}")
+    return number
 
 
 def _progress(step, steps, delay):
@@ -50,7 +75,7 @@ class Constant(Schedule):
     """`w(t) = value`."""
 
     def __init__(self, value):
-        self._config = {"value": float(value)}
+        self._config = {"value": _number("Constant", "value", value)}
 
     def __call__(self, step):
         del step
@@ -62,11 +87,13 @@ class _Ramp(Schedule):
     `p = clip((t - delay) / steps, 0, 1)`, then `end`."""
 
     def __init__(self, start, end, steps, delay=0):
+        name = type(self).__name__
         self._config = {
-            "start": float(start),
-            "end": float(end),
-            "steps": int(steps),
-            "delay": int(delay),
+            "start": _number(name, "start", start),
+            "end": _number(name, "end", end),
+            # steps=0 would silently be a step function at `delay`.
+            "steps": _integer(name, "steps", steps, 1),
+            "delay": _integer(name, "delay", delay, 0),
         }
 
     @staticmethod
@@ -113,11 +140,15 @@ class Sigmoid(Schedule):
     """
 
     def __init__(self, start=0.0, end=1.0, midpoint=1000, rate=0.01):
+        rate = _number("Sigmoid", "rate", rate)
+        if rate <= 0:
+            # rate 0 is a constant and a negative rate runs from `end` to `start`: both mistakes.
+            raise ValueError(f"Sigmoid: rate must be > 0, got {rate!r}")
         self._config = {
-            "start": float(start),
-            "end": float(end),
-            "midpoint": float(midpoint),
-            "rate": float(rate),
+            "start": _number("Sigmoid", "start", start),
+            "end": _number("Sigmoid", "end", end),
+            "midpoint": _number("Sigmoid", "midpoint", midpoint),
+            "rate": rate,
         }
 
     def __call__(self, step):
@@ -139,14 +170,15 @@ class Cyclical(Schedule):
     """
 
     def __init__(self, period, start=0.0, end=1.0, ratio=0.5, cycles=None):
-        if period < 1 or not 0.0 < ratio <= 1.0:
-            raise ValueError(f"Cyclical: need period >= 1, 0 < ratio <= 1; got {period}, {ratio}")
+        ratio = _number("Cyclical", "ratio", ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"Cyclical: ratio must satisfy 0 < ratio <= 1, got {ratio!r}")
         self._config = {
-            "period": int(period),
-            "start": float(start),
-            "end": float(end),
-            "ratio": float(ratio),
-            "cycles": None if cycles is None else int(cycles),
+            "period": _integer("Cyclical", "period", period, 1),
+            "start": _number("Cyclical", "start", start),
+            "end": _number("Cyclical", "end", end),
+            "ratio": ratio,
+            "cycles": None if cycles is None else _integer("Cyclical", "cycles", cycles, 1),
         }
 
     def __call__(self, step):

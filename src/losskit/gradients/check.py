@@ -10,7 +10,7 @@ from keras import ops
 
 from losskit import backend
 from losskit.gradients.autodiff import value_and_grad
-from losskit.gradients.custom import plain_autodiff
+from losskit.gradients.custom import declared_none_as_nan, plain_autodiff
 
 
 @dataclasses.dataclass
@@ -48,11 +48,12 @@ class InputCheck:
 
     @property
     def max_abs_error(self):
-        return max((c.max_abs_error for c in self.comparisons), default=0.0)
+        """None for an unchecked input: it has no error, not an error of 0."""
+        return max((c.max_abs_error for c in self.comparisons), default=None)
 
     @property
     def max_rel_error(self):
-        return max((c.max_rel_error for c in self.comparisons), default=0.0)
+        return max((c.max_rel_error for c in self.comparisons), default=None)
 
     @property
     def worst_index(self):
@@ -79,7 +80,7 @@ class GradientReport:
 
     @property
     def max_abs_error(self):
-        """Max abs error per input (over both references); 0.0 for unchecked inputs."""
+        """Max abs error per input (over both references); None for unchecked inputs."""
         return [c.max_abs_error for c in self.inputs]
 
     @property
@@ -198,6 +199,20 @@ def _declared_none(fn, inputs):
     return {i for i, g in enumerate(grads) if g is None}
 
 
+def _undeclared(fn, tensors, training):
+    """Positions whose training gradient passes through a grad_fn that returns None for it,
+    however deep inside `fn` (a plain function calling a `@custom_gradient` one, a wrapper)."""
+    with declared_none_as_nan():
+        _, marked = value_and_grad(fn, *tensors)
+    return {
+        i
+        for i, (g, m) in enumerate(zip(training, marked))
+        if m is not None
+        and np.any(np.isnan(m))
+        and (g is None or not np.any(np.isnan(g)))  # a NaN of the rule itself is a failure
+    }
+
+
 def check_gradients(
     fn,
     *inputs,
@@ -233,15 +248,19 @@ def check_gradients(
         fn: a function of tensors returning a tensor (per-sample losses, a scalar, ...). Pass a
             loss's function (`Huber.fn` or `losskit.losses.huber`), not a float32 `Loss` instance.
         *inputs: arrays; floating inputs are checked, integer/bool ones passed through.
-        wrt: positions of the inputs to check (default: every floating input, except those a
-            `@custom_gradient` fn's grad_fn declares `None` for, such as labels).
+        wrt: positions of the inputs to check. By default every floating input except those
+            whose gradient in training passes through a `@custom_gradient` grad_fn that returns
+            `None` for it (labels), whether `fn` is that function or calls it: training gives
+            them no gradient by design, so a difference from autodiff there is no failure.
+            Pass `wrt` explicitly to check such an input anyway, or to skip others.
         eps, atol, rtol: finite-difference step and tolerances (see above).
         dtype: dtype of the training and autodiff gradients (finite differences are float64).
         seed: seed of the random output weighting.
         raise_on_error: raise `GradientCheckError` with the report's text when a check fails.
 
     Returns:
-        `GradientReport` with `ok`, `max_abs_error`, `max_rel_error`, `worst_index` (per input),
+        `GradientReport` with `ok`, `max_abs_error`, `max_rel_error`, `worst_index` (per input;
+        `None` for inputs not checked),
         `inputs` (a detailed `InputCheck` per input) and a readable `str()`.
     """
     arrays = [np.asarray(ops.convert_to_numpy(x)) for x in inputs]
@@ -254,9 +273,6 @@ def check_gradients(
         f64 = [a.astype(np.float64) if f else a for a, f in zip(arrays, floating)]
         tensors = [ops.convert_to_tensor(a) for a in cast]
         declared = _declared_none(fn, tensors)
-        if wrt is None:
-            wrt = [i for i, f in enumerate(floating) if f and i not in declared]
-        wrt = sorted(int(i) for i in wrt)
 
         with plain_autodiff():
             value = ops.convert_to_numpy(fn(*[ops.convert_to_tensor(a) for a in f64]))
@@ -273,6 +289,10 @@ def check_gradients(
             return ops.multiply(fn(*args), ops.convert_to_tensor(weights.astype(dtype)))
 
         _, training = value_and_grad(weighted, *cast)
+        if wrt is None:
+            declared |= _undeclared(weighted, cast, training)
+            wrt = [i for i, f in enumerate(floating) if f and i not in declared]
+        wrt = sorted(int(i) for i in wrt)
         with plain_autodiff():
             _, autodiff = value_and_grad(weighted, *cast)
 

@@ -33,6 +33,23 @@ def _plain_active():
     return getattr(_state, "plain", False)
 
 
+@contextlib.contextmanager
+def declared_none_as_nan():
+    """Within this context a `None` that a grad_fn returns becomes a NaN gradient, so that
+    `check_gradients` can see which of its inputs reach a rule that declares no gradient (NaN
+    survives every chain-rule product, where a zero would vanish). Acts at trace time."""
+    previous = getattr(_state, "none_as_nan", False)
+    _state.none_as_nan = True
+    try:
+        yield
+    finally:
+        _state.none_as_nan = previous
+
+
+def _none_as_nan_active():
+    return getattr(_state, "none_as_nan", False)
+
+
 def is_tensor_like(value):
     """Arrays, backend tensors and Keras variables are inputs; Python scalars, strings and None
     are constant hyperparameters."""
@@ -113,6 +130,7 @@ def custom_gradient(f):
         if not wrt:
             return call(values)[0]
         fixed = [i for i in tensor_pos if i not in wrt]
+        none_as_nan = _none_as_nan_active()
 
         def inner(diff, constants):
             full = list(values)
@@ -134,8 +152,11 @@ def custom_gradient(f):
                         f"{len(grads)} gradient(s) for {len(tensor_pos)} tensor input(s); return "
                         "one per input (None for inputs without a gradient)."
                     )
+                missing = ops.full_like if none_as_nan else (lambda x, _: None)
                 return [
-                    None if by_position[i] is None else ops.cast(by_position[i], x.dtype)
+                    missing(x, float("nan"))
+                    if by_position[i] is None
+                    else ops.cast(by_position[i], x.dtype)
                     for i, x in zip(wrt, diff)
                 ]
 

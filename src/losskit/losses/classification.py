@@ -9,6 +9,8 @@ finite value and gradient. Multi-class losses return one value per sample (class
 shape `y_pred.shape[:-1]`); binary losses average over the non-batch axes (shape `(N,)`).
 """
 
+import keras
+import numpy as np
 from keras import ops
 
 from losskit._keras import set_keras_mask
@@ -33,6 +35,12 @@ def _log_probs(y_pred, from_logits, axis=-1):
     return ops.log(ops.clip(probs, epsilon(), 1.0 - epsilon()))
 
 
+def _weighted_sum(weights, log_p, axis=-1):
+    """`sum_k w_k log p_k` with `0 * log 0 = 0`: a class masked with a -inf logit adds nothing
+    where its weight is 0 (+inf where it is not), and its gradient is 0, not NaN."""
+    return ops.sum(weights * ops.where(weights != 0, log_p, 0.0), axis=axis)
+
+
 def _smooth(y_true, label_smoothing, num_classes):
     if label_smoothing:
         return y_true * (1.0 - label_smoothing) + label_smoothing / num_classes
@@ -51,8 +59,17 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     """
     y_true = _smooth(as_float(y_true, y_pred), label_smoothing, y_pred.shape[-1])
     if from_logits:  # TensorFlow's fused softmax-cross-entropy kernel: 1.7x faster fwd+bwd there
-        return ops.categorical_crossentropy(y_true, y_pred, from_logits=True)
-    return -ops.sum(y_true * _log_probs(y_pred, from_logits), axis=-1)
+        # The kernel computes 0 * inf = NaN for a -inf (masked) logit. The lowest finite float
+        # has the same softmax (exp underflows to 0) and gives 0 * finite = 0; only a masked
+        # target, whose loss is +inf, must then be restored.
+        lowest = float(np.finfo(keras.backend.standardize_dtype(y_pred.dtype)).min)
+        masked = y_pred == float("-inf")
+        values = ops.categorical_crossentropy(
+            y_true, ops.maximum(y_pred, lowest), from_logits=True
+        )
+        masked_target = ops.any(ops.logical_and(masked, y_true != 0), axis=-1)
+        return ops.where(masked_target, float("inf"), values)
+    return -_weighted_sum(y_true, _log_probs(y_pred, from_logits))
 
 
 @register
@@ -80,7 +97,7 @@ def sparse_categorical_crossentropy(
     onehot = _smooth(
         ops.one_hot(labels, num_classes, dtype=y_pred.dtype), label_smoothing, num_classes
     )
-    values = -ops.sum(onehot * log_p, axis=-1)
+    values = -_weighted_sum(onehot, log_p)
     if valid is not None:
         values = ops.where(valid, values, ops.zeros_like(values))
         set_keras_mask(values, valid)
@@ -131,7 +148,7 @@ def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary
         weight = ops.power(1.0 - ops.exp(log_p), gamma)
         if alpha is not None:
             weight = alpha * weight
-        return -ops.sum(weight * y_true * log_p, axis=-1)
+        return -_weighted_sum(weight * y_true, log_p)
     if mode != "binary":
         raise ValueError(f"focal: mode must be 'binary' or 'categorical', got {mode!r}")
     neg_log_p, neg_log_q = neg_log_binary(y_pred, from_logits)
@@ -160,7 +177,7 @@ def poly1(y_true, y_pred, epsilon=1.0, from_logits=False, label_smoothing=0.0):
     y_true = _smooth(as_float(y_true, y_pred), label_smoothing, y_pred.shape[-1])
     log_p = _log_probs(y_pred, from_logits)
     p_t = ops.sum(y_true * ops.exp(log_p), axis=-1)
-    return -ops.sum(y_true * log_p, axis=-1) + epsilon * (1.0 - p_t)
+    return -_weighted_sum(y_true, log_p) + epsilon * (1.0 - p_t)
 
 
 @register
@@ -227,10 +244,14 @@ def sparsemax_loss(y_true, y_pred):
     """
     y_true = as_float(y_true, y_pred)
     z = y_pred - ops.stop_gradient(ops.max(y_pred, axis=-1, keepdims=True))
-    support = _sparsemax_support(z)
-    tau = _sparsemax_tau(z, support)
-    quad = ops.sum(support * (z - tau) * (z + tau), axis=-1)
-    return -ops.sum(y_true * z, axis=-1) + 0.5 * quad + 0.5 * ops.sum(ops.square(y_true), axis=-1)
+    # A -inf (masked) logit is never in the support; any value below max(z) - 1 <= tau keeps it
+    # out, and a finite one keeps 0 * inf out of the sums (values of TF Addons' sparsemax_loss).
+    finite_z = ops.where(z == float("-inf"), -2.0, z)
+    support = _sparsemax_support(finite_z)
+    tau = _sparsemax_tau(finite_z, support)
+    quad = ops.sum(support * (finite_z - tau) * (finite_z + tau), axis=-1)
+    linear = _weighted_sum(y_true, z)  # +inf when a target class is masked
+    return -linear + 0.5 * quad + 0.5 * ops.sum(ops.square(y_true), axis=-1)
 
 
 CategoricalCrossentropy = loss_class(categorical_crossentropy, "CategoricalCrossentropy")

@@ -109,8 +109,10 @@ def general_robust(y_true, y_pred, alpha=1.0, scale=1.0):
               \left[\left(\frac{(e/c)^2}{|\alpha - 2|} + 1\right)^{\alpha/2} - 1\right]
 
     with its limits :math:`\tfrac12 (e/c)^2` (:math:`\alpha = 2`),
-    :math:`\log(\tfrac12 (e/c)^2 + 1)` (:math:`\alpha = 0`) and
-    :math:`1 - \exp(-\tfrac12 (e/c)^2)` (:math:`\alpha = -\infty`). :math:`\alpha = 1` is the
+    :math:`\log(\tfrac12 (e/c)^2 + 1)` (:math:`\alpha = 0`),
+    :math:`1 - \exp(-\tfrac12 (e/c)^2)` (:math:`\alpha = -\infty`) and
+    :math:`\exp(\tfrac12 (e/c)^2) - 1` (:math:`\alpha = +\infty`; it overflows
+    float32 for :math:`|e/c| > 13`). :math:`\alpha = 1` is the
     pseudo-Huber / Charbonnier loss :math:`\sqrt{(e/c)^2 + 1} - 1`. The bracket is computed as
     `expm1(alpha / 2 * log1p(z))`, accurate for small residuals.
 
@@ -124,6 +126,8 @@ def general_robust(y_true, y_pred, alpha=1.0, scale=1.0):
         value = ops.log1p(0.5 * sq)
     elif math.isinf(alpha) and alpha < 0:
         value = -ops.expm1(-0.5 * sq)
+    elif math.isinf(alpha):  # the general form is inf/inf = NaN here
+        value = ops.expm1(0.5 * sq)
     else:
         b = abs(alpha - 2.0)
         value = (b / alpha) * ops.expm1(0.5 * alpha * ops.log1p(sq / b))

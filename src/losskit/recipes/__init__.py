@@ -16,6 +16,7 @@ seeds/runs, plotting) live in `losskit.recipes.common`; data loaders in `losskit
 
 import dataclasses
 import importlib
+import math
 from pathlib import Path
 
 # Command-line name -> module; order is the order of `losskit list` and `losskit run all`.
@@ -66,4 +67,29 @@ def options_for(module, options, strict=True):
         raise RecipeError(
             f"{module.NAME}: unknown option(s) {', '.join(unknown)}; this recipe takes: {known}"
         )
-    return {**declared, **{k: v for k, v in options.items() if k in declared}}
+    given = {k: _typed(module.NAME, k, v, declared[k]) for k, v in options.items() if k in declared}
+    return {**declared, **given}
+
+
+def _typed(recipe, key, value, default):
+    """`value` checked against the type of its default, so that `-o delta=abc` is a one-line
+    error here rather than a traceback from deep inside training. A `None` default takes
+    anything; a string default takes anything (the recipe checks its names)."""
+    def bad(kind):
+        return RecipeError(f"{recipe}: option {key} must be {kind}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if isinstance(default, int):
+            if not float(value).is_integer():
+                raise bad("an integer")
+            return int(value)
+        if not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    return value

@@ -6,8 +6,9 @@
     losskit report [--out DIR]
 
 `run` writes ``OUT/NAME/result.json`` and PNG plots per recipe and ``OUT/index.html`` for all of
-them (default ``OUT`` is ``runs/``). Keras prints its own per-epoch progress; each recipe adds one
-progress bar over its seeds and runs.
+them (default ``OUT`` is ``runs/``). Keras prints its own per-epoch progress (a progress bar on a
+terminal, one line per epoch when the output goes to a file or pipe); each recipe adds one
+progress line per run.
 """
 
 import argparse
@@ -58,8 +59,9 @@ def build_parser():
     run.add_argument("--epochs", type=_positive_int, help="training epochs per run")
     run.add_argument("--out", default="runs", help="output folder (default: runs/)")
     run.add_argument(
-        "--verbose", type=int, choices=(0, 1, 2), default=1,
-        help="Keras fit verbosity: 1 = progress bar per epoch (default), 2 = one line, 0 = silent",
+        "--verbose", type=int, choices=(0, 1, 2), default=None,
+        help="Keras fit verbosity: 1 = progress bar per epoch, 2 = one line per epoch, "
+        "0 = silent (default: 1 on a terminal, 2 when the output is redirected)",
     )
     run.add_argument(
         "--dataset",
@@ -101,7 +103,7 @@ def _print_result(result):
 
 
 def run_command(args):
-    from losskit.recipes import report
+    from losskit.recipes import common, report
 
     names = list(recipes.RECIPES) if args.name == "all" else [args.name]
     options = dict(args.option)
@@ -110,13 +112,14 @@ def run_command(args):
     if args.backbone is not None:
         options["backbone"] = args.backbone
     out = Path(args.out)
+    verbose = common.fit_verbosity() if args.verbose is None else args.verbose
     failures = []
     start = time.perf_counter()
     for i, name in enumerate(names, 1):
         print(f"=== [{i}/{len(names)}] {name} ===", flush=True)
         config = recipes.RecipeConfig(
             out_dir=out, quick=args.quick, seeds=args.seeds, epochs=args.epochs,
-            verbose=args.verbose, options=options,
+            verbose=verbose, options=options,
         )
         try:
             result = report.run_recipe(name, config, strict_options=args.name != "all")
@@ -151,6 +154,13 @@ def main(argv=None):
     if args.command == "report":
         from losskit.recipes import report
 
+        if not report.load_results(args.out):
+            print(
+                f"losskit: nothing to report in {args.out}: no */result.json there. "
+                f"Run `losskit run NAME --out {args.out}` first.",
+                file=sys.stderr,
+            )
+            return 1
         print(report.write_index(args.out))
         return 0
     if args.name != "all" and args.name not in recipes.RECIPES:

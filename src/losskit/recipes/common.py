@@ -31,6 +31,15 @@ def n_epochs(config, quick_default, full_default):
     return resolve(config.epochs, config.quick, quick_default, full_default)
 
 
+def fit_verbosity(stream=None):
+    """`fit(verbose=...)` for output to `stream` (stdout): Keras's progress bar (1) on a terminal,
+    one line per epoch (2) otherwise, since the bar's carriage returns and backspaces would fill a
+    redirected log with thousands of partial lines."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
+
+
 def set_seed(seed):
     """Seeds Python, NumPy and the backend, so two runs with one seed start from the same weights
     and see the same shuffles."""

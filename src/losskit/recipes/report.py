@@ -83,6 +83,7 @@ def run_recipe(name, config, strict_options=True):
     wall = time.perf_counter() - start
     result = dict(result)
     result.setdefault("config", {})
+    result.setdefault("checks", {})  # docs/recipes.md promises the key, even with no checks
     result["config"] = {
         "quick": config.quick,
         "seeds": config.seeds,
