@@ -302,7 +302,7 @@ def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
               E = \tfrac1N \sum_{i, j} w_{ij}\, h_i\, \hat h_j,
 
     :math:`h = \sum_n y_n`, :math:`\hat h = \sum_n p_n` (observed vs. chance disagreement;
-    :math:`O/E = 1 - \kappa`). It is a **batch** quantity: every sample gets the batch value, so
+    :math:`O/E = 1 - \kappa`; taken as 0 where :math:`E = 0`). It is a **batch** quantity: every sample gets the batch value, so
     the Loss class's mean is the batch loss (it can be negative: its minimum is
     :math:`\log\epsilon`).
 
@@ -327,8 +327,11 @@ def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
     n = ops.cast(ops.shape(y_pred)[0], y_pred.dtype)
     hist_true, hist_pred = ops.sum(y_true, axis=0), ops.sum(y_pred, axis=0)
     expected = ops.sum(ops.matmul(hist_true, weights) * hist_pred) / n
-    # E = 0 only when labels and predictions sit in one class, where O = 0 too: 0/0 -> log(eps).
-    value = ops.log(observed / ops.maximum(expected, 1e-30) + epsilon)
+    # E = 0 only when labels and predictions sit in one class (or the predictions are all 0),
+    # where O = 0 too: 0/0 is taken as 0 (log eps), with a zero gradient rather than 1/0.
+    defined = expected > 1e-12
+    ratio = ops.where(defined, observed / ops.where(defined, expected, 1.0), 0.0)
+    value = ops.log(ratio + epsilon)
     return ops.zeros_like(y_pred[:, 0]) + value
 
 
