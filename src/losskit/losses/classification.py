@@ -302,9 +302,9 @@ def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
               E = \tfrac1N \sum_{i, j} w_{ij}\, h_i\, \hat h_j,
 
     :math:`h = \sum_n y_n`, :math:`\hat h = \sum_n p_n` (observed vs. chance disagreement;
-    :math:`O/E = 1 - \kappa`; taken as 0 where :math:`E = 0`). It is a **batch** quantity: every sample gets the batch value, so
-    the Loss class's mean is the batch loss (it can be negative: its minimum is
-    :math:`\log\epsilon`).
+    :math:`O/E = 1 - \kappa`; taken as 0 where :math:`E = 0`). It is a **batch** quantity:
+    every sample gets the batch value, so the Loss class's mean is the batch loss (it can be
+    negative: its minimum is :math:`\log\epsilon`).
 
     Reference: J. de la Torre, D. Puig, A. Valls, "Weighted kappa loss function for multi-class
     classification of ordinal data in deep learning", Pattern Recognition Letters 2018.
