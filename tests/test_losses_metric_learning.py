@@ -18,6 +18,9 @@ from losskit.gradients import value_and_grad
 from losskit.losses import metric_learning as ml
 
 LABELS = np.array([0, 1, 0, 2, 1, 0, 3])  # class 3 is a singleton: an anchor without positives
+# npairs takes an (N, N) similarity matrix, not embeddings: tested in test_losses_anchors.py.
+EMBEDDING_FUNCTIONS = [f for f in ml.FUNCTIONS if f is not ml.npairs]
+EMBEDDING_CLASSES = [c for c in ml.CLASSES if c is not ml.NPairs]
 
 
 def np_dist(x):
@@ -173,7 +176,7 @@ def test_anchors_without_positives_contribute_zero():
     for fn in (ml.info_nce, ml.supcon, ml.triplet):  # contrastive still pushes negatives away
         np.testing.assert_array_equal(np_(fn(labels, x)), np.zeros(5))
     np.testing.assert_array_equal(np_(ml.supcon(labels, x, block_size=2)), np.zeros(5))
-    for fn in ml.FUNCTIONS:  # a batch of one
+    for fn in EMBEDDING_FUNCTIONS:  # a batch of one
         np.testing.assert_array_equal(np_(fn(np.array([3]), x[:1])), [0.0])
 
 
@@ -239,7 +242,7 @@ def test_blocked_with_unknown_batch_size_in_a_graph():
     _, (expected_grad,) = value_and_grad(lambda e: ml.triplet(LABELS, e, mining="semi_hard"), x)
     np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-5, atol=1e-6)
     spec = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 3], tf.float32)]
-    for fn in ml.FUNCTIONS:  # unblocked, unknown batch size
+    for fn in EMBEDDING_FUNCTIONS:  # unblocked, unknown batch size
         graph = tf.function(fn, input_signature=spec)
         np.testing.assert_allclose(graph(LABELS, x).numpy(), np_(fn(LABELS, x)), rtol=1e-5)
 
@@ -289,10 +292,12 @@ NON_DEFAULT = {
     ml.Triplet: {"margin": 0.3, "mining": "semi_hard", "squared": True, "block_size": 3},
     ml.InfoNCE: {"temperature": 0.5, "normalize": False, "block_size": 3},
     ml.SupCon: {"temperature": 0.2, "block_size": 3},
+    ml.Circle: {"gamma": 32.0, "margin": 0.3, "block_size": 3},
+    ml.LiftedStructured: {"margin": 0.5},
 }
 
 
-@pytest.mark.parametrize("cls", ml.CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", EMBEDDING_CLASSES, ids=lambda c: c.__name__)
 def test_loss_class_config_round_trip_and_value(cls):
     params = NON_DEFAULT[cls]
     loss = cls(**params)
@@ -308,7 +313,7 @@ def test_loss_class_config_round_trip_and_value(cls):
         loss(LABELS[:-1], x)
 
 
-@pytest.mark.parametrize("cls", ml.CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", EMBEDDING_CLASSES, ids=lambda c: c.__name__)
 def test_saved_in_a_compiled_model(cls, tmp_path):
     params = NON_DEFAULT[cls]
     rng = np.random.default_rng(0)

@@ -219,6 +219,7 @@ NON_DEFAULT = {
     seg.Tversky: {"alpha": 0.6, "beta": 0.4, "smooth": 2.0},
     seg.FocalTversky: {"alpha": 0.4, "beta": 0.6, "gamma": 2.0, "per_class": True},
     seg.LovaszHinge: {"reduction": "sum"},
+    seg.GeneralizedDice: {"smooth": 1e-3, "ignore_index": 255},
 }
 
 

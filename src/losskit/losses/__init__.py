@@ -14,15 +14,18 @@ function names. Adding a family is one import line below.
 
 from losskit.losses import _common
 from losskit.losses.classification import *  # noqa: F403
+from losskit.losses.detection import *  # noqa: F403
 from losskit.losses.distillation import *  # noqa: F403
 from losskit.losses.divergence import *  # noqa: F403
 from losskit.losses.fused import *  # noqa: F403
 from losskit.losses.generative import *  # noqa: F403
 from losskit.losses.metric_learning import *  # noqa: F403
 from losskit.losses.probabilistic import *  # noqa: F403
+from losskit.losses.ranking import *  # noqa: F403
 from losskit.losses.regression import *  # noqa: F403
 from losskit.losses.regularizers import *  # noqa: F403
 from losskit.losses.segmentation import *  # noqa: F403
+from losskit.losses.sequence import *  # noqa: F403
 
 ALL = {name: fn for name, (_, fn) in _common.FUNCTIONS.items()}
 CLASSES = {name: cls for name, (_, cls) in _common.CLASSES.items()}

@@ -1,5 +1,6 @@
 r"""Classification losses: `categorical_crossentropy`, `sparse_categorical_crossentropy`,
-`binary_crossentropy`, `focal`, `poly1`, `multiclass_hinge`, `sparsemax_loss`.
+`binary_crossentropy`, `focal`, `poly1`, `multiclass_hinge`, `sparsemax_loss`, `hinge`,
+`squared_hinge`, `generalized_cross_entropy`, `weighted_kappa`.
 
 Conventions follow Keras: `y_pred` holds probabilities unless `from_logits=True`; the class axis
 is the last one. Logits go through `log_softmax` / `softplus` forms, exact for any finite logit
@@ -254,6 +255,107 @@ def sparsemax_loss(y_true, y_pred):
     return -linear + 0.5 * quad + 0.5 * ops.sum(ops.square(y_true), axis=-1)
 
 
+def _hinge_margins(y_true, y_pred):
+    """`1 - y s` with labels in {-1, 1}; {0, 1} labels are mapped to {-1, 1} when every entry of
+    `y_true` is 0 or 1 (Keras's rule, decided on the whole tensor)."""
+    y_true = as_float(y_true, y_pred)
+    binary = ops.all(ops.logical_or(ops.equal(y_true, 0.0), ops.equal(y_true, 1.0)))
+    signs = ops.where(binary, 2.0 * y_true - 1.0, y_true)
+    return 1.0 - signs * y_pred
+
+
+@register
+def hinge(y_true, y_pred):
+    r"""Binary hinge loss on scores :math:`s` with labels :math:`y \in \{-1, 1\}`:
+    :math:`\operatorname{mean}\max(0, 1 - y s)` over the non-batch axes. Labels given as
+    {0, 1} (every entry of `y_true`) are mapped to {-1, 1}, as Keras does.
+
+    Reference: Cortes & Vapnik, "Support-vector networks", Machine Learning 1995.
+    Keras: `keras.losses.hinge`.
+    """
+    return per_sample_mean(ops.relu(_hinge_margins(y_true, y_pred)))
+
+
+@register
+def squared_hinge(y_true, y_pred):
+    r"""Squared hinge loss :math:`\operatorname{mean}\max(0, 1 - y s)^2` (labels as in `hinge`):
+    differentiable everywhere.
+
+    Reference: Rennie & Srebro, "Loss functions for preference levels", IJCAI 2005 workshop;
+    L2-SVM. Keras: `keras.losses.squared_hinge`.
+    """
+    return per_sample_mean(ops.square(ops.relu(_hinge_margins(y_true, y_pred))))
+
+
+@register
+def generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
+    r"""Generalized cross-entropy (the :math:`\mathcal{L}_q` loss) with integer labels `y_true`
+    of shape `y_pred.shape[:-1]`: :math:`(1 - p_y^q) / q`, :math:`q \in (0, 1]`.
+    :math:`q \to 0` is the cross-entropy, :math:`q = 1` the MAE on the one-hot target (up to a
+    factor); larger :math:`q` is more robust to label noise.
+
+    :math:`p_y^q = \exp(q \log p_y)`, with :math:`\log p_y` from `log_softmax` for logits or from
+    the probability clipped to :math:`[\epsilon, 1 - \epsilon]`, so :math:`p_y = 0` gives a finite
+    gradient. Reference: Z. Zhang, M. R. Sabuncu, "Generalized Cross Entropy Loss for Training
+    Deep Neural Networks with Noisy Labels", NeurIPS 2018.
+    Keras: `keras.losses.CategoricalGeneralizedCrossEntropy` (probabilities, integer labels).
+    """
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"generalized_cross_entropy: q must be in (0, 1], got {q}")
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, -1)
+    onehot = ops.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype)
+    log_p = ops.sum(onehot * _log_probs(y_pred, from_logits), axis=-1)
+    return -ops.expm1(q * log_p) / q
+
+
+_KAPPA_WEIGHTS = ("linear", "quadratic")
+
+
+@register
+def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
+    r"""Weighted kappa loss for ordinal classes (one-hot `y_true`, class probabilities `y_pred`,
+    shape `(N, K)`): :math:`\log(O / E + \epsilon)` with weights
+    :math:`w_{ij} = |i - j|` (``"linear"``) or :math:`(i - j)^2` (``"quadratic"``),
+
+    .. math:: O = \sum_n \sum_j w_{y_n j}\, p_{nj}, \qquad
+              E = \tfrac1N \sum_{i, j} w_{ij}\, h_i\, \hat h_j,
+
+    :math:`h = \sum_n y_n`, :math:`\hat h = \sum_n p_n` (observed vs. chance disagreement;
+    :math:`O/E = 1 - \kappa`; taken as 0 where :math:`E = 0`). It is a **batch** quantity:
+    every sample gets the batch value, so the Loss class's mean is the batch loss (it can be
+    negative: its minimum is :math:`\log\epsilon`).
+
+    Reference: J. de la Torre, D. Puig, A. Valls, "Weighted kappa loss function for multi-class
+    classification of ordinal data in deep learning", Pattern Recognition Letters 2018.
+    TF Addons: `tfa.losses.WeightedKappaLoss`.
+    """
+    if weightage not in _KAPPA_WEIGHTS:
+        raise ValueError(
+            f"weighted_kappa: weightage must be one of {_KAPPA_WEIGHTS}, got {weightage!r}"
+        )
+    if len(y_pred.shape) != 2:
+        raise ValueError(
+            f"weighted_kappa: y_pred must have shape (N, K), got {tuple(y_pred.shape)}"
+        )
+    y_true = as_float(y_true, y_pred)
+    k = y_pred.shape[-1]
+    classes = ops.cast(ops.arange(k), y_pred.dtype)
+    gap = ops.expand_dims(classes, 1) - ops.expand_dims(classes, 0)
+    weights = ops.abs(gap) if weightage == "linear" else ops.square(gap)
+    observed = ops.sum(ops.matmul(y_true, weights) * y_pred)
+    n = ops.cast(ops.shape(y_pred)[0], y_pred.dtype)
+    hist_true, hist_pred = ops.sum(y_true, axis=0), ops.sum(y_pred, axis=0)
+    expected = ops.sum(ops.matmul(hist_true, weights) * hist_pred) / n
+    # E = 0 only when labels and predictions sit in one class (or the predictions are all 0),
+    # where O = 0 too: 0/0 is taken as 0 (log eps), with a zero gradient rather than 1/0.
+    defined = expected > 1e-12
+    ratio = ops.where(defined, observed / ops.where(defined, expected, 1.0), 0.0)
+    value = ops.log(ratio + epsilon)
+    return ops.zeros_like(y_pred[:, 0]) + value
+
+
 CategoricalCrossentropy = loss_class(categorical_crossentropy, "CategoricalCrossentropy")
 SparseCategoricalCrossentropy = loss_class(
     sparse_categorical_crossentropy, "SparseCategoricalCrossentropy", sparse_labels=True
@@ -263,6 +365,12 @@ Focal = loss_class(focal, "Focal")
 Poly1 = loss_class(poly1, "Poly1")
 MulticlassHinge = loss_class(multiclass_hinge, "MulticlassHinge")
 SparsemaxLoss = loss_class(sparsemax_loss, "SparsemaxLoss")
+Hinge = loss_class(hinge, "Hinge")
+SquaredHinge = loss_class(squared_hinge, "SquaredHinge")
+GeneralizedCrossEntropy = loss_class(
+    generalized_cross_entropy, "GeneralizedCrossEntropy", sparse_labels=True
+)
+WeightedKappa = loss_class(weighted_kappa, "WeightedKappa")
 
 FUNCTIONS, CLASSES = family(__name__)
 __all__ = public(FUNCTIONS, CLASSES, 'sparsemax')

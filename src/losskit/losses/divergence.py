@@ -1,4 +1,5 @@
-r"""Divergences between distributions over the last axis: `kl_divergence`, `js_divergence`.
+r"""Divergences between distributions over the last axis: `kl_divergence`, `js_divergence`,
+`generalized_kl` (for unnormalised measures; its own `log_input` switch, not `input_type`).
 
 `p` and `q` have the same shape `(N, ..., K)`; the result has shape `(N, ...)` (the class axis
 reduced). `input_type` says what both tensors hold:
@@ -75,8 +76,31 @@ def js_divergence(p, q, input_type="probabilities"):
     return 0.5 * (kl_pm + kl_qm)
 
 
+@register
+def generalized_kl(p, q, log_input=False):
+    r"""Generalized KL divergence between non-negative, unnormalised measures :math:`p, q`
+    (I-divergence): :math:`\sum_k \left(p_k \log\frac{p_k}{q_k} - p_k + q_k\right) \ge 0`, zero iff
+    :math:`p = q`; equals `kl_divergence` when both sum to 1. :math:`0 \log 0 = 0`; `q` is clipped
+    below at `keras.config.epsilon()`. With ``log_input=True``, `q` holds
+    :math:`\log q` (any real number) and the term is :math:`p(\log p - \log q) - p + e^{\log q}`.
+
+    Reference: I. Csiszár, "Why least squares and maximum entropy?", Ann. Statist. 1991; Lee &
+    Seung, "Algorithms for non-negative matrix factorization", NeurIPS 2000.
+    optax: `optax.losses.generalized_kl_divergence(log_q, p)`; torch:
+    `F.poisson_nll_loss`-like, no direct equivalent.
+    """
+    p = ops.cast(p, q.dtype)
+    if log_input:
+        log_q, q_values = q, ops.exp(q)
+    else:
+        q_values = ops.maximum(q, epsilon())  # clipped in both places: the term stays >= 0
+        log_q = ops.log(q_values)
+    return ops.sum(p * (safe_log(p) - log_q) - p + q_values, axis=-1)
+
+
 KLDivergence = loss_class(kl_divergence, "KLDivergence")
 JSDivergence = loss_class(js_divergence, "JSDivergence")
+GeneralizedKL = loss_class(generalized_kl, "GeneralizedKL")
 
 FUNCTIONS, CLASSES = family(__name__)
 __all__ = public(FUNCTIONS, CLASSES)

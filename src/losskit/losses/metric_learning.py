@@ -1,6 +1,8 @@
-r"""Metric-learning losses: `contrastive`, `triplet`, `info_nce` (NT-Xent) and `supcon`.
+r"""Metric-learning losses: `contrastive`, `triplet`, `info_nce` (NT-Xent), `supcon`, `circle`,
+`lifted_structured` and `npairs`.
 
-Input convention (all four): ``labels`` of shape ``(N,)`` (integer or float class ids; samples
+Input convention (all but `npairs`, which takes TF Addons' anchor-positive similarity matrix):
+``labels`` of shape ``(N,)`` (integer or float class ids; samples
 with equal labels are positives of each other, a sample is never its own positive) and
 ``embeddings`` of shape ``(N, D)``. Each function returns **one value per anchor**, shape
 ``(N,)``; an anchor with no positive (or, for triplets, no negative) contributes 0.
@@ -220,7 +222,15 @@ def contrastive(labels, embeddings, margin=1.0, block_size=None):
 
 
 @register
-def triplet(labels, embeddings, margin=1.0, mining="batch_hard", squared=False, block_size=None):
+def triplet(
+    labels,
+    embeddings,
+    margin=1.0,
+    mining="batch_hard",
+    squared=False,
+    soft_margin=False,
+    block_size=None,
+):
     r"""Triplet margin loss with online mining inside the batch.
 
     :math:`\ell(a, p, n) = \max(0,\ m + d(a, p) - d(a, n))`, :math:`d` Euclidean (squared with
@@ -233,6 +243,10 @@ def triplet(labels, embeddings, margin=1.0, mining="batch_hard", squared=False, 
       the closest one with :math:`d(a,n) > d(a,p)`, or the farthest negative if there is none;
       the anchor's value is the mean over its positives.
 
+    With ``soft_margin=True`` the hinge :math:`\max(0, m + x)` is replaced by the soft margin
+    :math:`\log(1 + e^{x}) = \operatorname{softplus}(x)`, :math:`x = d(a,p) - d(a,n)` (``margin``
+    unused), as in Hermans et al. and `tfa.losses.TripletHardLoss(soft=True)`.
+
     Non-negative. Shape ``(N,)``; 0 for anchors without a positive or without a negative.
 
     References: F. Schroff et al., "FaceNet", CVPR 2015; A. Hermans et al., "In Defense of the
@@ -242,15 +256,18 @@ def triplet(labels, embeddings, margin=1.0, mining="batch_hard", squared=False, 
         raise ValueError(f"triplet: mining must be one of {_MINING}, got {mining!r}")
     labels = _check_inputs("triplet", labels, embeddings)
 
+    def penalty(gap):
+        return ops.softplus(gap) if soft_margin else ops.relu(margin + gap)
+
     def rows(index, anchors, anchor_labels, embeddings):
         positive, negative = label_masks(anchor_labels, index, labels)
         d = pairwise_distance(anchors, embeddings, squared=squared)
         if mining == "batch_hard":
             d_pos, d_neg, valid = hardest_positive_negative(d, positive, negative)
-            return ops.where(valid, ops.relu(margin + d_pos - d_neg), 0.0)
+            return ops.where(valid, penalty(d_pos - d_neg), 0.0)
         d_neg = semi_hard_negatives(d, negative)
         has_neg = ops.any(negative, axis=-1, keepdims=True)
-        return masked_mean(ops.relu(margin + d - d_neg), ops.logical_and(positive, has_neg))
+        return masked_mean(penalty(d - d_neg), ops.logical_and(positive, has_neg))
 
     return per_anchor(rows, labels, embeddings, block_size)
 
@@ -322,10 +339,103 @@ def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None)
     return per_anchor(rows, labels, embeddings, block_size)
 
 
+@register
+def circle(labels, embeddings, gamma=80.0, margin=0.4, block_size=None):
+    r"""Circle loss (Sun et al. 2020) on L2-normalised embeddings, pair-based form.
+
+    With cosine distances :math:`c_{ij} = \max(0, 1 - z_i \cdot z_j)` (the embeddings are used as
+    given: normalise them first, e.g. with `keras.layers.UnitNormalization`), positives
+    :math:`P(i)` and negatives :math:`N(i)`:
+
+    .. math:: \ell_i = \operatorname{softplus}\Bigl(
+              \operatorname{LSE}_{p \in P(i)} -\gamma\,[m + c_{ip}]_+ (m - c_{ip}) +
+              \operatorname{LSE}_{n \in N(i)} \gamma\,[1 + m - c_{in}]_+ (1 - m - c_{in})\Bigr)
+
+    (Keras's parameterisation by distances: optimum 0 for positives, 1 for negatives). 0 for
+    anchors without a positive or a negative. Non-negative. Unlike `keras.losses.Circle`, which
+    masks anchors with value 0 out of its mean, the Loss class averages over all anchors (the
+    family's rule).
+
+    Reference: Y. Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity
+    Optimization", CVPR 2020. Keras: `keras.losses.circle` (per sample, ``remove_diagonal=True``).
+    """
+    labels = _check_inputs("circle", labels, embeddings)
+
+    def rows(index, anchors, anchor_labels, embeddings):
+        positive, negative = label_masks(anchor_labels, index, labels)
+        dist = ops.relu(1.0 - pairwise_similarity(anchors, embeddings))
+        pos = -gamma * ops.relu(margin + dist) * (margin - dist)
+        neg = gamma * ops.relu(1.0 + margin - dist) * (1.0 - margin - dist)
+        total = masked_logsumexp(pos, positive) + masked_logsumexp(neg, negative)
+        valid = ops.logical_and(ops.any(positive, axis=-1), ops.any(negative, axis=-1))
+        return ops.where(valid, ops.softplus(total), 0.0)
+
+    return per_anchor(rows, labels, embeddings, block_size)
+
+
+@register
+def lifted_structured(labels, embeddings, margin=1.0):
+    r"""Lifted structured loss (Oh Song et al. 2016), one value per anchor.
+
+    With Euclidean distances :math:`d`, for each positive pair :math:`(i, j)`
+
+    .. math:: J_{ij} = \log\Bigl(\sum_{k \in N(i)} e^{m - d_{ik}} +
+              \sum_{l \in N(j)} e^{m - d_{jl}}\Bigr) + d_{ij},
+              \qquad \ell_i = \tfrac12 \operatorname{mean}_{j \in P(i)} \max(0, J_{ij})^2 .
+
+    When every anchor has the same number of positives, the mean of :math:`\ell_i` is the paper's
+    :math:`\frac{1}{2|P|}\sum_{(i,j)} \max(0, J_{ij})^2`. The log-sum-exp is evaluated stably;
+    0 for anchors without a positive or a negative. Needs the whole ``N x N`` distance matrix
+    (no ``block_size``). Non-negative.
+
+    Reference: H. Oh Song, Y. Xiang, S. Jegelka, S. Savarese, "Deep Metric Learning via Lifted
+    Structured Feature Embedding", CVPR 2016. TF Addons: `tfa.losses.LiftedStructLoss` (which
+    averages over all positive pairs of the batch with a factor 1/4).
+    """
+    labels = _check_inputs("lifted_structured", labels, embeddings)
+    index = ops.arange(ops.shape(embeddings)[0], dtype="int32")
+    positive, negative = label_masks(labels, index, labels)
+    d = pairwise_distance(embeddings, embeddings)
+    lse = masked_logsumexp(margin - d, negative)  # (N,): anchor i's negatives
+    # Positives share their negatives (same label), so both sums are over N(i).
+    j_ij = ops.logaddexp(ops.expand_dims(lse, 1), ops.expand_dims(lse, 0)) + d
+    has_neg = ops.any(negative, axis=-1, keepdims=True)
+    pairs = ops.logical_and(positive, has_neg)
+    return 0.5 * masked_mean(ops.square(ops.relu(j_ij)), pairs)
+
+
+@register
+def npairs(labels, similarities):
+    r"""Multi-class N-pair loss (Sohn 2016) on an anchor-positive similarity matrix, as in TF
+    Addons: ``similarities[i, j] = f_i \cdot f^+_j`` (shape ``(N, N)``), ``labels`` ``(N,)``;
+    soft cross-entropy of row :math:`i` against the positives of anchor :math:`i`:
+
+    .. math:: \ell_i = -\sum_j t_{ij} \log\operatorname{softmax}(S_{i\cdot})_j,
+              \qquad t_{ij} = [l_i = l_j] / \textstyle\sum_k [l_i = l_k] .
+
+    Non-negative; exact for any finite similarities (`log_softmax`). The paper's L2 penalty on
+    the embeddings is left to the caller (a regulariser term).
+
+    Reference: K. Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective",
+    NeurIPS 2016. TF Addons: `tfa.losses.NpairsLoss` (batch mean of these values).
+    """
+    if len(similarities.shape) != 2 or similarities.shape[0] != similarities.shape[1]:
+        raise ValueError(
+            f"npairs: similarities must be a square (N, N) matrix, got {tuple(similarities.shape)}"
+        )
+    labels = _check_inputs("npairs", labels, similarities)
+    same = ops.cast(ops.expand_dims(labels, 1) == ops.expand_dims(labels, 0), similarities.dtype)
+    targets = same / ops.sum(same, axis=-1, keepdims=True)
+    return -ops.sum(targets * ops.log_softmax(similarities, axis=-1), axis=-1)
+
+
 Contrastive = loss_class(contrastive, "Contrastive", sparse_labels=True)
 Triplet = loss_class(triplet, "Triplet", sparse_labels=True)
 InfoNCE = loss_class(info_nce, "InfoNCE", sparse_labels=True)
 SupCon = loss_class(supcon, "SupCon", sparse_labels=True)
+Circle = loss_class(circle, "Circle", sparse_labels=True)
+LiftedStructured = loss_class(lifted_structured, "LiftedStructured", sparse_labels=True)
+NPairs = loss_class(npairs, "NPairs", sparse_labels=True)
 
 FUNCTIONS, CLASSES = family(__name__)
 __all__ = public(FUNCTIONS, CLASSES)

@@ -1,5 +1,5 @@
 r"""Regression losses: `mse`, `mae`, `huber`, `log_cosh`, `pinball`, `charbonnier`, `cauchy`,
-`general_robust`.
+`general_robust`, `mape`, `msle`, `smooth_l1`, `cosine_similarity`.
 
 Every function takes `y_true`, `y_pred` of the same shape `(N, ...)` and returns one value per
 sample, shape `(N,)`: the elementwise penalty of the residual `e = y_true - y_pred` averaged over
@@ -11,7 +11,15 @@ import math
 
 from keras import ops
 
-from losskit.losses._common import as_float, family, loss_class, per_sample_mean, public, register
+from losskit.losses._common import (
+    as_float,
+    epsilon,
+    family,
+    loss_class,
+    per_sample_mean,
+    public,
+    register,
+)
 
 
 def _residual(y_true, y_pred):
@@ -134,6 +142,68 @@ def general_robust(y_true, y_pred, alpha=1.0, scale=1.0):
     return per_sample_mean(value)
 
 
+@register
+def mape(y_true, y_pred):
+    r"""Mean absolute percentage error: :math:`100 \operatorname{mean}(|e| / \max(|y|, \epsilon))`,
+    :math:`\epsilon` = `keras.config.epsilon()` (so a target of 0 gives a large finite value).
+
+    Reference: Hyndman & Koehler, "Another look at measures of forecast accuracy", IJF 2006.
+    Keras: `keras.losses.mean_absolute_percentage_error`.
+    """
+    y_true = as_float(y_true, y_pred)
+    scale = ops.maximum(ops.abs(y_true), epsilon())
+    return 100.0 * per_sample_mean(ops.abs(y_true - y_pred) / scale)
+
+
+@register
+def msle(y_true, y_pred):
+    r"""Mean squared logarithmic error:
+    :math:`\operatorname{mean}(\log(1 + \max(p, \epsilon)) - \log(1 + \max(y, \epsilon)))^2`;
+    inputs below :math:`\epsilon` (`keras.config.epsilon()`) are raised to it, as in Keras
+    (`log1p` keeps small values accurate).
+
+    Reference: used for targets spanning orders of magnitude, e.g. Kaggle RMSLE metrics; Keras:
+    `keras.losses.mean_squared_logarithmic_error`.
+    """
+    y_true = as_float(y_true, y_pred)
+    diff = ops.log1p(ops.maximum(y_pred, epsilon())) - ops.log1p(ops.maximum(y_true, epsilon()))
+    return per_sample_mean(ops.square(diff))
+
+
+@register
+def smooth_l1(y_true, y_pred, beta=1.0):
+    r"""Smooth L1 loss: :math:`\tfrac{1}{2} e^2 / \beta` for :math:`|e| < \beta`, else
+    :math:`|e| - \tfrac12 \beta` (`huber` divided by :math:`\beta`); ``beta=0`` is the L1 loss.
+
+    Reference: R. Girshick, "Fast R-CNN", ICCV 2015. torch: `nn.SmoothL1Loss(beta=...)`.
+    """
+    if beta < 0:
+        raise ValueError(f"smooth_l1: beta must be >= 0, got {beta}")
+    err = ops.abs(_residual(y_true, y_pred))
+    if beta == 0:
+        return per_sample_mean(err)
+    return per_sample_mean(ops.where(err < beta, 0.5 * ops.square(err) / beta, err - 0.5 * beta))
+
+
+@register
+def cosine_similarity(y_true, y_pred, axis=-1):
+    r"""Negative cosine similarity along `axis` (Keras's sign, so that lower is better):
+    :math:`-\sum_k \hat y_k \hat p_k`, :math:`\hat x = x / \max(\lVert x \rVert, \epsilon)`,
+    in :math:`[-1, 1]`; 0 when either vector is 0. Other non-batch axes are averaged.
+
+    Placed with the regression losses: it compares a predicted vector with a target vector
+    (direction regression). Reference: Keras `keras.losses.cosine_similarity`; torch:
+    `-nn.CosineSimilarity(dim=-1)` (which bounds each norm separately the same way).
+    """
+    y_true = as_float(y_true, y_pred)
+
+    def unit(x):
+        sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
+        return x * ops.rsqrt(ops.maximum(sq, epsilon() ** 2))
+
+    return per_sample_mean(-ops.sum(unit(y_true) * unit(y_pred), axis=axis))
+
+
 MSE = loss_class(mse, "MSE")
 MAE = loss_class(mae, "MAE")
 Huber = loss_class(huber, "Huber")
@@ -142,6 +212,10 @@ Pinball = loss_class(pinball, "Pinball")
 Charbonnier = loss_class(charbonnier, "Charbonnier")
 Cauchy = loss_class(cauchy, "Cauchy")
 GeneralRobust = loss_class(general_robust, "GeneralRobust")
+MAPE = loss_class(mape, "MAPE")
+MSLE = loss_class(msle, "MSLE")
+SmoothL1 = loss_class(smooth_l1, "SmoothL1")
+CosineSimilarity = loss_class(cosine_similarity, "CosineSimilarity")
 
 FUNCTIONS, CLASSES = family(__name__)
 __all__ = public(FUNCTIONS, CLASSES)

@@ -1,10 +1,15 @@
-r"""Segmentation losses: `dice`, `tversky`, `focal_tversky`, `lovasz_hinge`.
+r"""Segmentation losses: `dice`, `tversky`, `focal_tversky`, `generalized_dice`, `lovasz_hinge`.
 
 ``y_true`` and ``y_pred`` have the same shape ``(N, ...)`` (e.g. ``(N, H, W)`` or
 ``(N, H, W, C)``); the value is **per image**: shape ``(N,)``, all non-batch axes reduced.
 `dice`, `tversky` and `focal_tversky` take probabilities (apply a sigmoid/softmax first) and
 targets in ``[0, 1]``; with ``per_class=True`` the last axis is the class axis, the overlap is
 computed per class and averaged over classes. `lovasz_hinge` takes logits and binary targets.
+
+Every one takes ``ignore_index`` (default None): pixels whose ``y_true`` equals it (e.g. 255 for
+"void") are left out of every sum, as if absent from the image. With a class axis
+(``per_class=True``, `generalized_dice`) a pixel is left out when any of its class entries equals
+``ignore_index``.
 """
 
 from keras import ops
@@ -24,17 +29,30 @@ def _axes(x, per_class):
     return tuple(range(1, last))
 
 
+def _drop_ignored(y_true, y_pred, ignore_index, class_axis):
+    """Zeroes ignored pixels in both tensors (a zero pixel adds nothing to TP, FP, FN or any sum
+    of p, g, p g); returns ``(y_true, y_pred, valid)``, ``valid`` of the shape of ``y_pred``."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if ignore_index is None:
+        return y_true, y_pred, None
+    valid = ops.not_equal(y_true, ops.cast(ignore_index, y_true.dtype))
+    if class_axis:
+        valid = ops.all(valid, axis=-1, keepdims=True) & ops.ones_like(y_pred, dtype="bool")
+    zero = ops.zeros_like(y_pred)
+    return ops.where(valid, y_true, zero), ops.where(valid, y_pred, zero), valid
+
+
 def _mean_over_classes(values, per_class):
     return ops.mean(values, axis=-1) if per_class else values
 
 
-def overlap_counts(y_true, y_pred, per_class=False):
+def overlap_counts(y_true, y_pred, per_class=False, ignore_index=None):
     """Soft true positives, false positives and false negatives per image (and class).
 
     :math:`TP = \\sum p g`, :math:`FP = \\sum p (1 - g)`, :math:`FN = \\sum (1 - p) g`.
     """
     axes = _axes(y_pred, per_class)
-    y_true = ops.cast(y_true, y_pred.dtype)
+    y_true, y_pred, _ = _drop_ignored(y_true, y_pred, ignore_index, per_class)
     tp = ops.sum(y_pred * y_true, axis=axes)
     fp = ops.sum(y_pred * (1.0 - y_true), axis=axes)
     fn = ops.sum((1.0 - y_pred) * y_true, axis=axes)
@@ -42,7 +60,7 @@ def overlap_counts(y_true, y_pred, per_class=False):
 
 
 @register
-def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False):
+def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False, ignore_index=None):
     r"""Soft Dice loss per image.
 
     .. math:: 1 - \frac{2 \sum p g + s}{\sum p + \sum g + s}
@@ -57,7 +75,7 @@ def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False):
     for Volumetric Medical Image Segmentation", 3DV 2016.
     """
     axes = _axes(y_pred, per_class)
-    y_true = ops.cast(y_true, y_pred.dtype)
+    y_true, y_pred, _ = _drop_ignored(y_true, y_pred, ignore_index, per_class)
     inter = ops.sum(y_true * y_pred, axis=axes)
     if squared:
         denom = ops.sum(ops.square(y_true), axis=axes) + ops.sum(ops.square(y_pred), axis=axes)
@@ -67,13 +85,13 @@ def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False):
     return _mean_over_classes(1.0 - score, per_class)
 
 
-def _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class):
-    tp, fp, fn = overlap_counts(y_true, y_pred, per_class)
+def _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class, ignore_index):
+    tp, fp, fn = overlap_counts(y_true, y_pred, per_class, ignore_index)
     return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
 
 
 @register
-def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False):
+def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False, ignore_index=None):
     r"""Tversky loss per image: :math:`1 - TI`,
 
     .. math:: TI = \frac{TP + s}{TP + \alpha\, FP + \beta\, FN + s},\quad
@@ -87,13 +105,20 @@ def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False):
     Reference: S. S. M. Salehi, D. Erdogmus, A. Gholipour, "Tversky loss function for image
     segmentation using 3D fully convolutional deep networks", MLMI 2017 (arXiv:1706.05721).
     """
-    index = _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class)
+    index = _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class, ignore_index)
     return _mean_over_classes(1.0 - index, per_class)
 
 
 @register
 def focal_tversky(
-    y_true, y_pred, alpha=0.3, beta=0.7, gamma=4.0 / 3.0, smooth=1.0, per_class=False
+    y_true,
+    y_pred,
+    alpha=0.3,
+    beta=0.7,
+    gamma=4.0 / 3.0,
+    smooth=1.0,
+    per_class=False,
+    ignore_index=None,
 ):
     r"""Focal Tversky loss per image: :math:`(1 - TI)^{1/\gamma}` (`tversky` for :math:`TI`).
 
@@ -106,7 +131,7 @@ def focal_tversky(
     Reference: N. Abraham, N. M. Khan, "A Novel Focal Tversky Loss Function with Improved
     Attention U-Net for Lesion Segmentation", ISBI 2019 (arXiv:1810.07842).
     """
-    index = _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class)
+    index = _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class, ignore_index)
     base = 1.0 - index
     eps = 1e-6
     power = ops.power(ops.maximum(base, eps), 1.0 / gamma)
@@ -127,7 +152,7 @@ def lovasz_gradient(gt_sorted):
 
 
 @register
-def lovasz_hinge(y_true, y_pred):
+def lovasz_hinge(y_true, y_pred, ignore_index=None):
     r"""Binary Lovász hinge loss per image (Berman et al. 2018), ``y_pred`` = logits.
 
     With signs :math:`\sigma = 2g - 1`, hinge errors :math:`e = 1 - \sigma\, y` sorted in
@@ -145,19 +170,55 @@ def lovasz_hinge(y_true, y_pred):
     CVPR 2018.
     """
     n = ops.shape(y_pred)[0]
+    y_true, y_pred, valid = _drop_ignored(y_true, y_pred, ignore_index, False)
     logits = ops.reshape(y_pred, (n, -1))
-    gt = ops.reshape(ops.cast(y_true, y_pred.dtype), (n, -1))
+    gt = ops.reshape(y_true, (n, -1))
     errors = 1.0 - logits * (2.0 * gt - 1.0)
+    if valid is not None:
+        # Ignored pixels (g = 0) go below every other error: last in the order, they change no
+        # other pixel's Jaccard gradient, and max(0, e) = 0 removes their own term.
+        floor = ops.stop_gradient(ops.min(errors)) - 1.0
+        errors = ops.where(ops.reshape(valid, (n, -1)), errors, ops.minimum(floor, -1.0))
     order = ops.argsort(-ops.stop_gradient(errors), axis=-1)
     errors_sorted = ops.take_along_axis(errors, order, axis=-1)
     gt_sorted = ops.take_along_axis(gt, order, axis=-1)
     return ops.sum(ops.relu(errors_sorted) * lovasz_gradient(gt_sorted), axis=-1)
 
 
+@register
+def generalized_dice(y_true, y_pred, smooth=1e-5, ignore_index=None):
+    r"""Generalised Dice loss per image, the last axis holding `C` classes (one-hot or soft
+    targets, probabilities):
+
+    .. math:: 1 - \frac{2 \sum_c w_c \sum_i p_{ic} g_{ic} + s}
+                       {\sum_c w_c \sum_i (p_{ic} + g_{ic}) + s},
+              \qquad w_c = 1 / \bigl(\textstyle\sum_i g_{ic}\bigr)^2 .
+
+    A class absent from an image's target (infinite weight) gets the largest weight of the
+    classes present (MONAI's rule); if none is present, all weights are 1. In :math:`[0, 1]`.
+
+    Reference: C. H. Sudre, W. Li, T. Vercauteren, S. Ourselin, M. J. Cardoso, "Generalised Dice
+    overlap as a deep learning loss function for highly unbalanced segmentations", DLMIA 2017.
+    MONAI: `monai.losses.GeneralizedDiceLoss` (same weights and absent-class rule).
+    """
+    axes = _axes(y_pred, True)
+    y_true, y_pred, _ = _drop_ignored(y_true, y_pred, ignore_index, True)
+    counts = ops.sum(y_true, axis=axes)
+    present = counts > 0
+    raw = 1.0 / ops.square(ops.where(present, counts, 1.0))
+    largest = ops.max(ops.where(present, raw, 0.0), axis=-1, keepdims=True)
+    weights = ops.where(present, raw, ops.where(largest > 0, largest, 1.0))
+    weights = ops.stop_gradient(weights)  # depends on the targets only
+    inter = ops.sum(weights * ops.sum(y_true * y_pred, axis=axes), axis=-1)
+    denom = ops.sum(weights * ops.sum(y_true + y_pred, axis=axes), axis=-1)
+    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+
+
 Dice = loss_class(dice, "Dice")
 Tversky = loss_class(tversky, "Tversky")
 FocalTversky = loss_class(focal_tversky, "FocalTversky")
 LovaszHinge = loss_class(lovasz_hinge, "LovaszHinge")
+GeneralizedDice = loss_class(generalized_dice, "GeneralizedDice")
 
 FUNCTIONS, CLASSES = family(__name__)
 __all__ = public(FUNCTIONS, CLASSES)
