@@ -69,3 +69,29 @@ def value_and_grad(fn, inputs):
 
 def compile_function(fn):
     return jax.jit(fn)
+
+
+def matmul(a, b, dtype):
+    return jnp.matmul(a, b, preferred_element_type=dtype).astype(dtype)
+
+
+def _starts(buffer, start, axis):
+    return tuple(start if d == axis else 0 for d in range(buffer.ndim))
+
+
+def add_rows(buffer, start, rows, axis=0):
+    starts = _starts(buffer, start, axis)
+    current = jax.lax.dynamic_slice(buffer, starts, rows.shape)
+    return jax.lax.dynamic_update_slice(buffer, current + rows.astype(buffer.dtype), starts)
+
+
+def set_rows(buffer, start, rows, axis=0):
+    return jax.lax.dynamic_update_slice(buffer, rows.astype(buffer.dtype), _starts(buffer, start, axis))
+
+
+def scale(x, factor):
+    return x * factor.astype(x.dtype)
+
+
+def updates_in_place():
+    return True
