@@ -100,6 +100,12 @@ def matmul(a, b, dtype):
     return _impl().matmul(a, b, dtype)
 
 
+def take(x, start, size, axis=0):
+    """`x[start:start + size]` along `axis` inside a loop, without the backend copying all of `x`
+    first (XLA:CPU would convert a whole 16-bit weight to float32 once, outside the loop)."""
+    return _impl().take(x, start, size, axis)
+
+
 def add_rows(buffer, start, rows, axis=0):
     """`buffer[start:start + k] += rows` along `axis` (`k = rows.shape[axis]`), in place where
     the backend allows (torch; XLA updates loop-carried buffers in place), so a running sum costs

@@ -76,6 +76,10 @@ def matmul(a, b, dtype):
     return tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype))
 
 
+def take(x, start, size, axis=0):
+    return tf.gather(x, tf.range(start, start + size), axis=axis)
+
+
 def set_rows(buffer, start, rows, axis=0):
     # TensorFlow has no in-place update outside XLA; this copies `buffer` (see updates_in_place).
     rows = tf.cast(rows, buffer.dtype)

@@ -64,6 +64,10 @@ def matmul(a, b, dtype):
     return torch.matmul(a.to(dtype), b.to(dtype))
 
 
+def take(x, start, size, axis=0):
+    return x.narrow(axis, int(start), size)
+
+
 def _recorded(*tensors):
     # Autodiff of the forward pass itself (plain_autodiff): no in-place ops on recorded tensors.
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

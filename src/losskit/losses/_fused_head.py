@@ -30,10 +30,16 @@ def token_chunk(n, hidden_dim, vocab, chunk_size):
     return max(1, min(int(chunk_size), n))
 
 
-def vocab_block(hidden_dim, vocab):
-    """Vocabulary columns per block when all tokens are processed at once: `N x block` logits
-    are a quarter of `hidden` in float32 (so `dh`'s float32 accumulator dominates)."""
-    return max(1, min(vocab, VOCAB_BLOCK_OVERRIDE or 2 ** round(math.log2(max(1, hidden_dim / 4)))))
+def tiles(n, hidden_dim, vocab):
+    """`(token chunk, vocabulary block)` of the vocabulary passes. A tile's float32 logits are
+    an eighth of `hidden` in float32, so the float32 gradient of `hidden` (a running sum over
+    blocks) dominates the extra memory. TensorFlow outside XLA copies a buffer on every row
+    update, so it takes all tokens at once (chunk `None`) and only updates whole blocks."""
+    static_n = n if isinstance(n, int) else 8192  # unknown batch (TF graph): sized as 8192
+    chunk = min(static_n, 1024) if backend.updates_in_place() and isinstance(n, int) else None
+    per_tile = static_n * hidden_dim / (8 * (chunk or static_n))
+    block = VOCAB_BLOCK_OVERRIDE or 2 ** max(3, round(math.log2(max(1.0, per_tile))))
+    return chunk, max(1, min(vocab, block))
 
 
 # Tests set this to force several vocabulary blocks at tiny sizes.
@@ -70,9 +76,7 @@ class Head:
     def block(self, start, size):
         if size == self.vocab:
             return self.matrix
-        begin = (start, 0) if self.rows else (0, start)
-        shape = (size, self.hidden_dim) if self.rows else (self.hidden_dim, size)
-        return ops.slice(self.matrix, begin, shape)
+        return backend.take(self.matrix, start, size, self.axis)
 
     def logits(self, h, block, dtype):
         return backend.matmul(h, ops.transpose(block) if self.rows else block, dtype)
@@ -86,6 +90,41 @@ class Head:
         if self.rows:
             return backend.matmul(ops.transpose(dz), h, dtype)
         return backend.matmul(ops.transpose(h), dz, dtype)
+
+
+def rows(x, start, size):
+    """Rows `start:start + size` of `x`; all of `x` when `size` is None (no chunking)."""
+    return x if size is None else backend.take(x, start, size)
+
+
+def put(buffer, start, value, size):
+    return value if size is None else backend.set_rows(buffer, start, value)
+
+
+def accumulate(buffer, start, value, size):
+    return buffer + value if size is None else backend.add_rows(buffer, start, value)
+
+
+def loop_blocks(total, size, step, init):
+    """Runs `carry = step(start, keep, carry)` over blocks of `size` of `range(total)`, one at a
+    time; `keep` masks the block's positions an earlier block covered (the last block is
+    shifted back so that nothing is padded). `size=None`: one block, `start=0`, `keep=None`."""
+    if size is None:
+        return step(0, None, init)
+
+    def body(i, carry):
+        start = block_start(i, size, total)
+        return step(start, fresh(i, start, size), carry)
+
+    return backend.sequential_fori_loop(num_blocks(total, size), body, init)
+
+
+def masked(keep, x, axis):
+    """`x` with the positions `keep` rejects (along `axis` of a 2-D `x`) set to zero."""
+    if keep is None:
+        return x
+    keep = keep[None, :] if axis == 1 else keep[:, None] if len(x.shape) == 2 else keep
+    return ops.where(keep, x, ops.zeros_like(x))
 
 
 def check_head(loss, hidden, weight, kernel, bias, labels, *, labels_required=True, prefix=""):
@@ -134,62 +173,34 @@ def block_logits(h, head, bias, start, size, dtype):
     w = head.block(start, size)
     z = head.logits(h, w, dtype)
     if bias is not None:
-        z = z + ops.cast(ops.slice(bias, (start,), (size,)), dtype)
+        b = bias if size == head.vocab else backend.take(bias, start, size)
+        z = z + ops.cast(b, dtype)
     return z, w
 
 
-def log_normaliser(h, head, bias, dtype, block, column_fn=None):
-    """Per-token `logsumexp` of `h W^T + b` over vocabulary blocks (online, as in flash
-    attention), never holding more than `N x block` logits. `column_fn(z, cols, keep, carry)`
-    may accumulate per-token statistics of each block's logits into extra carries."""
-    n, vocab = ops.shape(h)[0], head.vocab
-    neg_inf = ops.full((n,), -math.inf, dtype)
+class OnlineLogSumExp:
+    """Per-token `logsumexp` accumulated over vocabulary blocks (as in flash attention): state
+    `(max, sum of exp(z - max))`. Masked (-inf) columns are exact; a token whose logits so far
+    are all -inf keeps a finite shift."""
 
-    def step(i, carry):
-        m, s, extra = carry
-        start = block_start(i, block, vocab)
-        z, _ = block_logits(h, head, bias, start, block, dtype)
-        keep = fresh(i, start, block)
-        z_kept = ops.where(keep[None, :], z, -math.inf)
-        m_new = ops.maximum(m, ops.max(z_kept, axis=-1))
-        # A token whose logits so far are all -inf (masked columns) keeps a finite shift.
-        shift = ops.where(ops.isfinite(m_new), m_new, ops.zeros_like(m_new))
-        s = s * ops.exp(m - shift) + ops.sum(ops.exp(z_kept - shift[:, None]), axis=-1)
-        if column_fn is not None:
-            extra = column_fn(z, start + ops.arange(block, dtype="int32"), keep, extra)
-        return m_new, s, extra
+    @staticmethod
+    def init(n, dtype):
+        return ops.full((n,), -math.inf, dtype), ops.zeros((n,), dtype)
 
-    extra0 = () if column_fn is None else column_fn(None, None, None, None)
-    m, s, extra = backend.sequential_fori_loop(
-        num_blocks(vocab, block), step, (neg_inf, ops.zeros((n,), dtype), extra0)
-    )
-    shift = ops.where(ops.isfinite(m), m, ops.zeros_like(m))
-    return shift + ops.log(s), extra
+    @staticmethod
+    def shift(m):
+        return ops.where(ops.isfinite(m), m, ops.zeros_like(m))
 
+    @classmethod
+    def update(cls, state, z, keep):
+        m, s = state
+        z = z if keep is None else ops.where(keep[None, :], z, -math.inf)
+        m_new = ops.maximum(m, ops.max(z, axis=-1))
+        shift = cls.shift(m_new)
+        s = s * ops.exp(m - shift) + ops.sum(ops.exp(z - shift[:, None]), axis=-1)
+        return m_new, s
 
-def vocab_grads(h, head, bias, dtype, block, dlogits):
-    """Gradients w.r.t. `h`, the projection and the bias given `dlogits(z, cols) -> dL/dz` of a
-    block of logits: one pass over vocabulary blocks, all tokens at once. Each block's weight
-    gradient is complete when computed, so it is written once in the projection's dtype; only
-    `dh` is a running sum (float32)."""
-    n, vocab = ops.shape(h)[0], head.vocab
-
-    def step(i, carry):
-        dh, dw, db = carry
-        start = block_start(i, block, vocab)
-        z, w = block_logits(h, head, bias, start, block, dtype)
-        dz = dlogits(z, start + ops.arange(block, dtype="int32"))
-        dw = backend.set_rows(dw, start, head.grad(dz, h, dtype), head.axis)
-        if bias is not None:
-            db = backend.set_rows(db, start, ops.sum(dz, axis=0))
-        # Columns an earlier block covered already added their share to dh.
-        dz = ops.where(fresh(i, start, block)[None, :], dz, ops.zeros_like(dz))
-        return dh + head.back(dz, w, dtype), dw, db
-
-    init = (
-        ops.zeros((n, head.hidden_dim), dtype),
-        ops.zeros(ops.shape(head.matrix), head.matrix.dtype),
-        () if bias is None else ops.zeros((vocab,), bias.dtype),
-    )
-    dh, dw, db = backend.sequential_fori_loop(num_blocks(vocab, block), step, init)
-    return dh, dw, None if bias is None else db
+    @classmethod
+    def result(cls, state):
+        m, s = state
+        return cls.shift(m) + ops.log(s)

@@ -42,42 +42,80 @@ def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing):
     return dz
 
 
-def _target_stats(y, label_smoothing):
-    """Accumulates `z_y` (and `sum_j z_j` when smoothing) over vocabulary blocks."""
-
-    def fn(z, cols, keep, carry):
-        if z is None:
-            zeros = ops.zeros(ops.shape(y), "float32")
-            return (zeros, zeros)
-        z_y, z_sum = carry
-        zero = ops.zeros_like(z)
-        hit = ops.logical_and(ops.equal(cols[None, :], y[:, None]), keep[None, :])
-        z_y = ops.cast(z_y, z.dtype) + ops.sum(ops.where(hit, z, zero), axis=-1)
-        if label_smoothing:
-            z_sum = ops.cast(z_sum, z.dtype) + ops.sum(ops.where(keep[None, :], z, zero), -1)
-        return z_y, ops.cast(z_sum, z.dtype)
-
-    return fn
-
-
 def _per_token(h, w, b, y, *, head_rows, dtype, opts):
-    """Per-token losses; the gradient recomputes the logits block by block (Cut CE): 4 matmuls,
-    any upstream gradient, dW accumulated in float32 one vocabulary block at a time."""
+    """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
+    any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
+    token chunks and written once."""
     head = fh.Head(w, head_rows)
-    vocab, block = head.vocab, fh.vocab_block(head.hidden_dim, head.vocab)
+    n, vocab = ops.shape(h)[0], head.vocab
+    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab)
     valid = ops.not_equal(y, opts["ignore_index"])
     ls, zl = opts["label_smoothing"], opts["z_loss"]
-    lse, (z_y, z_sum) = fh.log_normaliser(h, head, b, dtype, block, _target_stats(y, ls))
-    loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
+
+    def token_step(t0, keep_t, carry):
+        h_i, y_i = fh.rows(h, t0, chunk), fh.rows(y, t0, chunk)
+
+        def vocab_step(v0, keep_v, state):
+            lse_state, z_y, z_sum = state
+            z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+            lse_state = fh.OnlineLogSumExp.update(lse_state, z, keep_v)
+            cols = v0 + ops.arange(block, dtype="int32")
+            hit = ops.equal(cols[None, :], y_i[:, None])
+            if keep_v is not None:
+                hit = ops.logical_and(hit, keep_v[None, :])
+            z_y = z_y + ops.sum(ops.where(hit, z, ops.zeros_like(z)), axis=-1)
+            if ls:  # only then: -inf (masked) columns would make this sum -inf
+                z_sum = z_sum + ops.sum(fh.masked(keep_v, z, 1), axis=-1)
+            return lse_state, z_y, z_sum
+
+        size = ops.shape(h_i)[0]
+        zeros = ops.zeros((size,), dtype)
+        init = (fh.OnlineLogSumExp.init(size, dtype), zeros, zeros)
+        lse_state, z_y, z_sum = fh.loop_blocks(vocab, block, vocab_step, init)
+        lse_i = fh.OnlineLogSumExp.result(lse_state)
+        loss_i = _token_loss(lse_i, z_y, z_sum, vocab, zl, ls)
+        return fh.put(carry[0], t0, lse_i, chunk), fh.put(carry[1], t0, loss_i, chunk)
+
+    # Two buffers, not one twice: torch updates them in place.
+    lse, loss = fh.loop_blocks(n, chunk, token_step, (ops.zeros((n,), dtype), ops.zeros((n,), dtype)))
     loss = ops.where(valid, loss, ops.zeros_like(loss))
 
     def grad_fn(upstream):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
-        dh, dw, db = fh.vocab_grads(
-            h, head, b, dtype, block,
-            lambda z, cols: _dlogits(z, lse, cols, y, g, vocab, zl, ls),
+
+        def vocab_step(v0, keep_v, carry):
+            dh, dw, db = carry
+            w_j = head.block(v0, block)
+            cols = v0 + ops.arange(block, dtype="int32")
+
+            def token_step(t0, keep_t, acc):
+                dh, gw, gb = acc
+                h_i = fh.rows(h, t0, chunk)
+                g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
+                z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+                dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
+                              vocab, zl, ls)
+                gw = gw + head.grad(dz, h_i, dtype)
+                gb = gb + ops.sum(dz, axis=0)
+                # Columns an earlier block covered already added their share to dh.
+                dh = fh.accumulate(dh, t0, head.back(fh.masked(keep_v, dz, 1), w_j, dtype), chunk)
+                return dh, gw, gb
+
+            gw = ops.zeros(ops.shape(w_j), dtype)
+            dh, gw, gb = fh.loop_blocks(n, chunk, token_step, (dh, gw, ops.zeros((block,), dtype)))
+            # Complete for this block: written once, in the weight's dtype.
+            dw = backend.set_rows(dw, v0, gw, head.axis) if block < vocab else gw
+            if b is not None:
+                db = backend.set_rows(db, v0, gb) if block < vocab else gb
+            return dh, dw, db
+
+        init = (
+            ops.zeros(ops.shape(h), dtype),
+            ops.zeros(ops.shape(w), w.dtype),
+            () if b is None else ops.zeros(ops.shape(b), b.dtype),
         )
-        return dh, dw, db, None
+        dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
+        return dh, dw, None if b is None else db, None
 
     return loss, grad_fn
 
@@ -90,15 +128,14 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
     head = fh.Head(w, head_rows)
     n, vocab, hdim = h.shape[0], head.vocab, head.hidden_dim
     chunk = fh.token_chunk(n, hdim, vocab, chunk_size)
-    block = min(vocab, max(fh.vocab_block(hdim, vocab), 4 * chunk))
+    block = min(vocab, fh.VOCAB_BLOCK_OVERRIDE or max(fh.tiles(n, hdim, vocab)[1], 4 * chunk))
     ls, zl, ignore = opts["label_smoothing"], opts["z_loss"], opts["ignore_index"]
     cols = ops.arange(vocab, dtype="int32")
 
     def step(i, carry):
         total, dh, dw, db = carry
         start = fh.block_start(i, chunk, n)
-        h_i = ops.slice(h, (start, 0), (chunk, hdim))
-        y_i = ops.slice(y, (start,), (chunk,))
+        h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
         z, _ = fh.block_logits(h_i, head, b, 0, vocab, dtype)
         lse = ops.logsumexp(z, axis=-1)
@@ -115,7 +152,7 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
 
         def dw_step(j, dw):
             v0 = fh.block_start(j, block, vocab)
-            dz_j = ops.slice(dz, (0, v0), (chunk, block))
+            dz_j = backend.take(dz, v0, block, axis=1)
             dz_j = ops.where(fh.fresh(j, v0, block)[None, :], dz_j, ops.zeros_like(dz_j))
             return backend.add_rows(dw, v0, head.grad(dz_j, h_i, dtype), head.axis)
 
