@@ -84,7 +84,7 @@ def take(x, start, size, axis=0):
     # so slicing a block of a bfloat16 weight in a loop would first copy the whole weight to
     # float32. The barrier ties the slice to the loop index (nothing to hoist), and 16-bit floats
     # are sliced as 16-bit integers (same bits), which XLA leaves alone.
-    start = jnp.asarray(start, jnp.int32)
+    start = jnp.asarray(start)
     x, start = jax.lax.optimization_barrier((x, start))
     starts = _starts(x, start, axis)
     sizes = tuple(size if d == axis else x.shape[d] for d in range(x.ndim))
@@ -95,7 +95,8 @@ def take(x, start, size, axis=0):
 
 
 def _starts(buffer, start, axis):
-    return tuple(start if d == axis else 0 for d in range(buffer.ndim))
+    start = jnp.asarray(start)
+    return tuple(start if d == axis else jnp.zeros((), start.dtype) for d in range(buffer.ndim))
 
 
 def add_rows(buffer, start, rows, axis=0):

@@ -23,9 +23,9 @@ def accumulation_dtype(*tensors):
 
 def token_chunk(n, hidden_dim, vocab, chunk_size):
     """Tokens per chunk: `chunk_size`, or a power of two making a chunk's logits (`chunk * V`)
-    about half the size of `hidden` (at most 4096)."""
+    about the size of `hidden` (at most 4096)."""
     if chunk_size is None:
-        chunk = max(1, math.ceil(n / max(1, 2 * math.ceil(vocab / hidden_dim))))
+        chunk = max(1, math.ceil(n / max(1, math.ceil(vocab / hidden_dim))))
         chunk_size = min(_MAX_AUTO_CHUNK, 2 ** math.ceil(math.log2(chunk)))
     return max(1, min(int(chunk_size), n))
 
