@@ -92,3 +92,38 @@ def compile_function(fn):
     """`fn` compiled for repeated calls on same-shaped inputs (`jax.jit`, `tf.function`), or
     `fn` itself where compiling brings nothing (torch eager)."""
     return _impl().compile_function(fn)
+
+
+def matmul(a, b, dtype):
+    """`a @ b` accumulated and returned in `dtype` (float32 for 16-bit inputs), without a
+    `dtype` copy of the operands where the backend can avoid it (JAX's `preferred_element_type`)."""
+    return _impl().matmul(a, b, dtype)
+
+
+def take(x, start, size, axis=0):
+    """`x[start:start + size]` along `axis` inside a loop, without the backend copying all of `x`
+    first (XLA:CPU would convert a whole 16-bit weight to float32 once, outside the loop)."""
+    return _impl().take(x, start, size, axis)
+
+
+def add_rows(buffer, start, rows, axis=0):
+    """`buffer[start:start + k] += rows` along `axis` (`k = rows.shape[axis]`), in place where
+    the backend allows (torch; XLA updates loop-carried buffers in place), so a running sum costs
+    no second buffer."""
+    return _impl().add_rows(buffer, start, rows, axis)
+
+
+def set_rows(buffer, start, rows, axis=0):
+    """`buffer[start:start + k] = rows` along `axis`, in place where the backend allows."""
+    return _impl().set_rows(buffer, start, rows, axis)
+
+
+def scale(x, factor):
+    """`x * factor`, in place on torch (the gradient buffers of a fused loss are not reused)."""
+    return _impl().scale(x, factor)
+
+
+def updates_in_place():
+    """Whether `add_rows` updates in place here. TensorFlow eager (and its graph executor) copy
+    the whole buffer on every update, so fused losses pick a schedule without running sums."""
+    return _impl().updates_in_place()

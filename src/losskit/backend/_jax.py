@@ -69,3 +69,60 @@ def value_and_grad(fn, inputs):
 
 def compile_function(fn):
     return jax.jit(fn)
+
+
+def matmul(a, b, dtype):
+    return jnp.matmul(a, b, preferred_element_type=dtype).astype(dtype)
+
+
+def _is_16bit_float(x):
+    return x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def take(x, start, size, axis=0):
+    # XLA:CPU upcasts 16-bit floats around slices and dots and hoists loop-invariant conversions,
+    # so slicing a block of a bfloat16 weight in a loop would first copy the whole weight to
+    # float32. The barrier ties the slice to the loop index (nothing to hoist), and 16-bit floats
+    # are sliced as 16-bit integers (same bits), which XLA leaves alone.
+    start = jnp.asarray(start)
+    x, start = jax.lax.optimization_barrier((x, start))
+    starts = _starts(x, start, axis)
+    sizes = tuple(size if d == axis else x.shape[d] for d in range(x.ndim))
+    if _is_16bit_float(x):
+        bits = jax.lax.dynamic_slice(jax.lax.bitcast_convert_type(x, jnp.uint16), starts, sizes)
+        return jax.lax.bitcast_convert_type(bits, x.dtype)
+    return jax.lax.dynamic_slice(x, starts, sizes)
+
+
+def _starts(buffer, start, axis):
+    start = jnp.asarray(start)
+    return tuple(start if d == axis else jnp.zeros((), start.dtype) for d in range(buffer.ndim))
+
+
+def add_rows(buffer, start, rows, axis=0):
+    starts = _starts(buffer, start, axis)
+    current = jax.lax.dynamic_slice(buffer, starts, rows.shape)
+    return jax.lax.dynamic_update_slice(buffer, current + rows.astype(buffer.dtype), starts)
+
+
+def set_rows(buffer, start, rows, axis=0):
+    starts = _starts(buffer, start, axis)
+    rows = rows.astype(buffer.dtype)
+    if _is_16bit_float(buffer):
+        # XLA:CPU updates 16-bit float buffers by converting the whole buffer to float32 and
+        # back on every call; as 16-bit integers (same bits) the update stays in place.
+        bits = jax.lax.dynamic_update_slice(
+            jax.lax.bitcast_convert_type(buffer, jnp.uint16),
+            jax.lax.bitcast_convert_type(rows, jnp.uint16),
+            starts,
+        )
+        return jax.lax.bitcast_convert_type(bits, buffer.dtype)
+    return jax.lax.dynamic_update_slice(buffer, rows, starts)
+
+
+def scale(x, factor):
+    return x * factor.astype(x.dtype)
+
+
+def updates_in_place():
+    return True

@@ -36,6 +36,11 @@ def float64_scope():
 
 def custom_gradient(inner, diff, constants):
     def tf_fn(*xs):
+        if tf.executing_eagerly():
+            # An eager tape records every op run inside `tf.custom_gradient` and keeps their
+            # tensors alive until `gradient()` (a chunked loss would keep every chunk's
+            # temporaries); the rule replaces those ops' gradients, so they need no record.
+            xs = [tf.stop_gradient(x) for x in xs]
         value, rule = inner(xs, constants)
 
         def grad(*upstream, variables=None):
@@ -65,3 +70,36 @@ def value_and_grad(fn, inputs):
 
 def compile_function(fn):
     return tf.function(fn, reduce_retracing=True)
+
+
+def matmul(a, b, dtype):
+    return tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype))
+
+
+def take(x, start, size, axis=0):
+    return tf.gather(x, tf.range(start, start + size), axis=axis)
+
+
+def set_rows(buffer, start, rows, axis=0):
+    # TensorFlow has no in-place update outside XLA; this copies `buffer` (see updates_in_place).
+    rows = tf.cast(rows, buffer.dtype)
+    size = tf.shape(rows)[axis]
+    before = tf.gather(buffer, tf.range(start), axis=axis)
+    after = tf.gather(buffer, tf.range(start + size, tf.shape(buffer)[axis]), axis=axis)
+    return tf.concat([before, rows, after], axis=axis)
+
+
+def add_rows(buffer, start, rows, axis=0):
+    size = tf.shape(rows)[axis]
+    current = tf.gather(buffer, tf.range(start, start + size), axis=axis)
+    return set_rows(buffer, start, current + tf.cast(rows, buffer.dtype), axis)
+
+
+def scale(x, factor):
+    return x * tf.cast(factor, x.dtype)
+
+
+def updates_in_place():
+    # XLA (jit_compile) updates loop carries in place, but a traced function cannot tell whether
+    # it will be compiled with XLA, so TensorFlow always takes the schedule without running sums.
+    return False

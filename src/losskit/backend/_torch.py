@@ -57,3 +57,46 @@ def value_and_grad(fn, inputs):
 
 def compile_function(fn):
     return fn  # eager; torch.compile costs more than the loops it would serve
+
+
+def matmul(a, b, dtype):
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return torch.matmul(a.to(dtype), b.to(dtype))
+
+
+def take(x, start, size, axis=0):
+    return x.narrow(axis, int(start), size)
+
+
+def _recorded(*tensors):
+    # Autodiff of the forward pass itself (plain_autodiff): no in-place ops on recorded tensors.
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def add_rows(buffer, start, rows, axis=0):
+    start, size = int(start), rows.shape[axis]
+    if _recorded(buffer, rows):
+        current = buffer.narrow(axis, start, size)
+        return set_rows(buffer, start, current + rows.to(buffer.dtype), axis)
+    buffer.narrow(axis, start, size).add_(rows.to(buffer.dtype))
+    return buffer
+
+
+def set_rows(buffer, start, rows, axis=0):
+    start, size = int(start), rows.shape[axis]
+    if _recorded(buffer, rows):
+        end = buffer.shape[axis]
+        return torch.cat([buffer.narrow(axis, 0, start), rows.to(buffer.dtype),
+                          buffer.narrow(axis, start + size, end - start - size)], dim=axis)
+    buffer.narrow(axis, start, size).copy_(rows)
+    return buffer
+
+
+def scale(x, factor):
+    if _recorded(x):
+        return x * factor
+    return x.mul_(factor.to(x.dtype) if torch.is_tensor(factor) else factor)
+
+
+def updates_in_place():
+    return True

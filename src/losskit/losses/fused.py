@@ -3,208 +3,280 @@
 A language-model head computes `logits = hidden @ weight.T + bias` of shape `(N, V)` and then the
 cross-entropy. At N = 8192 tokens and V = 32768 the logits alone take 1 GiB in float32, and autodiff
 keeps two or three such buffers alive. `fused_linear_cross_entropy` gives the same value and the
-same gradients while only ever holding the logits of one chunk of tokens: the head's matmul is
-fused into the loss and the gradient is written by hand (the technique of Cut Cross-Entropy,
-Wijmans et al. 2024, and Liger-Kernel's FusedLinearCrossEntropy, Hsu et al. 2024, both
-PyTorch/Triton only). It is written with `keras.ops` and a custom gradient, so it runs on every
-Keras backend and under `jit`.
+same gradients while only ever holding the logits of one block: the head's matmul is fused into
+the loss and the gradient is written by hand (the techniques of Cut Cross-Entropy, Wijmans et al.
+2024, and Liger-Kernel's FusedLinearCrossEntropy, Hsu et al. 2024, both PyTorch/Triton only). It
+is written with `keras.ops` and a custom gradient, so it runs on every Keras backend and under
+`jit`; see docs/large_vocabularies.md.
 """
-
-import math
 
 from keras import ops
 
 from losskit import backend
 from losskit.gradients import custom_gradient
+from losskit.losses import _fused_head as fh
 from losskit.losses._common import family, public, register
 
-# Liger-Kernel's rule: a chunk's logits are about as large as `hidden` itself.
-_MAX_AUTO_CHUNK = 4096
+_NAME = "fused_linear_cross_entropy"
 
 
-def _auto_chunk_size(n, hidden_dim, vocab):
-    """Tokens per chunk such that a chunk's logits (`chunk * V`) are about the size of `hidden`."""
-    chunk = max(1, math.ceil(n / max(1, math.ceil(vocab / hidden_dim))))
-    return min(_MAX_AUTO_CHUNK, 2 ** math.ceil(math.log2(chunk)))
+def _token_loss(lse, z_y, z_sum, vocab, z_loss, label_smoothing):
+    """`lse - (1 - e) z_y - (e / V) sum_j z_j + z_loss lse^2` (see the public docstring)."""
+    loss = lse - (1.0 - label_smoothing) * z_y
+    if label_smoothing:  # only then: z_sum is -inf where columns are masked with -inf
+        loss = loss - (label_smoothing / vocab) * z_sum
+    if z_loss:
+        loss = loss + z_loss * ops.square(lse)
+    return loss
 
 
-def _chunk(h, y, weight, bias, *, ignore_index, z_loss, label_smoothing):
-    """Per-token loss and its gradient w.r.t. the logits for one chunk of tokens.
-
-    With `z = h W^T + b`, `lse = logsumexp(z)`, smoothing `e` and `V` classes:
-
-        loss    = lse - (1 - e) z_y - (e / V) sum_j z_j + z_loss * lse^2
-        dloss/dz = softmax(z) (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V
-
-    Both are 0 for tokens whose label is `ignore_index`.
-    """
-    vocab = weight.shape[0]
-    z = ops.matmul(h, ops.transpose(weight))
-    if bias is not None:
-        z = z + bias
-    valid = ops.cast(ops.not_equal(y, ignore_index), z.dtype)
-    y = ops.where(ops.not_equal(y, ignore_index), y, 0)  # any in-range index; masked below
-    lse = ops.logsumexp(z, axis=-1)
-    z_y = ops.squeeze(ops.take_along_axis(z, ops.expand_dims(y, -1), axis=-1), -1)
-    loss = lse - (1.0 - label_smoothing) * z_y + z_loss * ops.square(lse)
+def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing):
+    """`g * dloss/dz = g * (softmax(z) (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V)` for
+    per-token weights `g` (0 for ignored tokens)."""
+    coef = g * (1.0 + 2.0 * z_loss * lse) if z_loss else g
+    hit = ops.equal(cols[None, :], y[:, None])
+    dz = ops.exp(z - lse[:, None]) * coef[:, None]
+    dz = dz - ops.where(hit, ((1.0 - label_smoothing) * g)[:, None], ops.zeros_like(dz))
     if label_smoothing:
-        loss = loss - (label_smoothing / vocab) * ops.sum(z, axis=-1)
-    softmax_scale = 1.0 + 2.0 * z_loss * lse if z_loss else 1.0
-    dz = ops.exp(z - lse[:, None]) * (valid * softmax_scale)[:, None]
-    dz = dz - ops.one_hot(y, vocab, dtype=z.dtype) * ((1.0 - label_smoothing) * valid)[:, None]
-    if label_smoothing:
-        dz = dz - (label_smoothing / vocab) * valid[:, None]
-    return loss * valid, dz
+        dz = dz - (label_smoothing / vocab) * g[:, None]
+    return dz
+
+
+def _per_token(h, w, b, y, *, head_rows, dtype, opts):
+    """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
+    any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
+    token chunks and written once."""
+    head = fh.Head(w, head_rows)
+    n, vocab = ops.shape(h)[0], head.vocab
+    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab)
+    valid = ops.not_equal(y, opts["ignore_index"])
+    ls, zl = opts["label_smoothing"], opts["z_loss"]
+
+    def token_step(t0, keep_t, carry):
+        h_i, y_i = fh.rows(h, t0, chunk), fh.rows(y, t0, chunk)
+
+        def vocab_step(v0, keep_v, state):
+            lse_state, z_y, z_sum = state
+            z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+            lse_state = fh.OnlineLogSumExp.update(lse_state, z, keep_v)
+            cols = v0 + ops.arange(block, dtype="int32")
+            hit = ops.equal(cols[None, :], y_i[:, None])
+            if keep_v is not None:
+                hit = ops.logical_and(hit, keep_v[None, :])
+            z_y = z_y + ops.sum(ops.where(hit, z, ops.zeros_like(z)), axis=-1)
+            if ls:  # only then: -inf (masked) columns would make this sum -inf
+                z_sum = z_sum + ops.sum(fh.masked(keep_v, z, 1), axis=-1)
+            return lse_state, z_y, z_sum
+
+        size = ops.shape(h_i)[0]
+        zeros = ops.zeros((size,), dtype)
+        init = (fh.OnlineLogSumExp.init(size, dtype), zeros, zeros)
+        lse_state, z_y, z_sum = fh.loop_blocks(vocab, block, vocab_step, init)
+        lse_i = fh.OnlineLogSumExp.result(lse_state)
+        loss_i = _token_loss(lse_i, z_y, z_sum, vocab, zl, ls)
+        return fh.put(carry[0], t0, lse_i, chunk), fh.put(carry[1], t0, loss_i, chunk)
+
+    # Two buffers, not one twice: torch updates them in place.
+    lse, loss = fh.loop_blocks(n, chunk, token_step, (ops.zeros((n,), dtype), ops.zeros((n,), dtype)))
+    loss = ops.where(valid, loss, ops.zeros_like(loss))
+
+    def grad_fn(upstream):
+        g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
+
+        def vocab_step(v0, keep_v, carry):
+            dh, dw, db = carry
+            w_j = head.block(v0, block)
+            cols = v0 + ops.arange(block, dtype="int32")
+
+            def token_step(t0, keep_t, acc):
+                dh, gw, gb = acc
+                h_i = fh.rows(h, t0, chunk)
+                g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
+                z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+                dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
+                              vocab, zl, ls)
+                gw = gw + head.grad(dz, h_i, dtype)
+                gb = gb + ops.sum(dz, axis=0)
+                # Columns an earlier block covered already added their share to dh.
+                dh = fh.accumulate(dh, t0, head.back(fh.masked(keep_v, dz, 1), w_j, dtype), chunk)
+                return dh, gw, gb
+
+            gw = ops.zeros(ops.shape(w_j), dtype)
+            dh, gw, gb = fh.loop_blocks(n, chunk, token_step, (dh, gw, ops.zeros((block,), dtype)))
+            # Complete for this block: written once, in the weight's dtype.
+            dw = backend.set_rows(dw, v0, gw, head.axis) if block < vocab else gw
+            if b is not None:
+                db = backend.set_rows(db, v0, gb) if block < vocab else gb
+            return dh, dw, db
+
+        init = (
+            ops.zeros(ops.shape(h), dtype),
+            ops.zeros(ops.shape(w), w.dtype),
+            () if b is None else ops.zeros(ops.shape(b), b.dtype),
+        )
+        dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
+        return dh, dw, None if b is None else db, None
+
+    return loss, grad_fn
+
+
+def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
+    """Sum of per-token losses times `scale`, with every gradient computed in the same pass while
+    each token chunk's logits exist (Liger): 3 matmuls. The weight gradient is a running sum
+    updated in place one vocabulary block at a time, so no `V x H` temporary exists; used where
+    the inputs are already in the accumulation dtype and the backend updates in place."""
+    head = fh.Head(w, head_rows)
+    n, vocab, hdim = h.shape[0], head.vocab, head.hidden_dim
+    chunk = fh.token_chunk(n, hdim, vocab, chunk_size)
+    block = min(vocab, fh.VOCAB_BLOCK_OVERRIDE or max(fh.tiles(n, hdim, vocab)[1], 4 * chunk))
+    ls, zl, ignore = opts["label_smoothing"], opts["z_loss"], opts["ignore_index"]
+    cols = ops.arange(vocab, dtype="int32")
+
+    def step(i, carry):
+        total, dh, dw, db = carry
+        start = fh.block_start(i, chunk, n)
+        h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
+        valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
+        z, _ = fh.block_logits(h_i, head, b, 0, vocab, dtype)
+        lse = ops.logsumexp(z, axis=-1)
+        zero = ops.zeros_like(z)
+        z_y = ops.sum(ops.where(ops.equal(cols[None, :], y_i[:, None]), z, zero), axis=-1)
+        z_sum = ops.sum(z, axis=-1) if ls else None
+        loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
+        total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
+        g = ops.where(valid, scale * ops.ones_like(lse), ops.zeros_like(lse))
+        dz = _dlogits(z, lse, cols, y_i, g, vocab, zl, ls)
+        dh = backend.add_rows(dh, start, head.back(dz, head.matrix, dtype))
+        if b is not None:
+            db = db + ops.sum(dz, axis=0)
+
+        def dw_step(j, dw):
+            v0 = fh.block_start(j, block, vocab)
+            dz_j = backend.take(dz, v0, block, axis=1)
+            dz_j = ops.where(fh.fresh(j, v0, block)[None, :], dz_j, ops.zeros_like(dz_j))
+            return backend.add_rows(dw, v0, head.grad(dz_j, h_i, dtype), head.axis)
+
+        dw = backend.sequential_fori_loop(fh.num_blocks(vocab, block), dw_step, dw)
+        return total, dh, dw, db
+
+    init = (
+        ops.zeros((), dtype),
+        ops.zeros_like(h),
+        ops.zeros_like(w),
+        () if b is None else ops.zeros_like(b),
+    )
+    total, dh, dw, db = backend.sequential_fori_loop(fh.num_blocks(n, chunk), step, init)
+
+    def grad_fn(upstream):
+        # The gradients are not reused: scaling them in place saves a copy of each (torch).
+        grads = [backend.scale(g, upstream) for g in (dh, dw)]
+        return grads[0], grads[1], None if b is None else backend.scale(db, upstream), None
+
+    return total * scale, grad_fn
 
 
 @register(precision="input")
 def fused_linear_cross_entropy(
     hidden,
-    weight,
-    labels,
+    weight=None,
+    labels=None,
     bias=None,
+    *,
+    kernel=None,
     chunk_size=None,
     ignore_index=-100,
     z_loss=0.0,
     label_smoothing=0.0,
     reduction="mean",
 ):
-    """Cross-entropy of a linear head, `CE(hidden @ weight.T + bias, labels)`, chunk by chunk.
+    """Cross-entropy of a linear head, `CE(hidden @ weight.T + bias, labels)`, without logits.
 
     For each token with logits `z = h W^T + b`, `lse = logsumexp(z)`, label `y`, smoothing `e`
-    and `V = weight.shape[0]` classes:
+    and `V` classes:
 
         loss = -(1 - e) log softmax(z)_y - (e / V) sum_j log softmax(z)_j + z_loss * lse^2
+             = lse - (1 - e) z_y - (e / V) sum_j z_j + z_loss * lse^2
 
     i.e. `keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)` with
     Keras's label smoothing plus PaLM's auxiliary z-loss (Chowdhery et al. 2022). Tokens labelled
-    `ignore_index` contribute 0 and are left out of the mean.
+    `ignore_index` contribute 0 and are left out of the mean. A `-inf` bias masks vocabulary
+    columns (finite loss and gradients; a `-inf` target logit gives `+inf`).
 
-    The `N x V` logits are never materialised: tokens are processed in chunks of `chunk_size`
-    inside a loop, and the gradient is custom. With `reduction="mean"` or `"sum"` (one scalar,
-    the usual training loss) each chunk's gradients w.r.t. `hidden`, `weight` and `bias` are
-    computed in the forward pass while its logits are in cache, and the backward pass only
-    scales them by the upstream scalar: three matmuls, as many as the naive computation
-    (Liger-Kernel). With `reduction="none"` the per-token losses are returned and the backward
-    pass recomputes each chunk's logits (Cut Cross-Entropy): four matmuls, but the upstream
-    gradient may weight tokens freely. Peak extra memory is one chunk's logits (a few copies of
-    `chunk_size x V`) plus gradients the size of `hidden`, `weight` and `bias`.
+    The `N x V` logits are never materialised, and the gradient is written by hand:
+
+    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX and torch: tokens are
+      processed in chunks and each chunk's gradients are computed while its logits exist, so
+      the backward pass only scales them (Liger-Kernel): three matmuls, as many as the naive
+      computation; the weight gradient is a running sum updated in place.
+    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow): the forward pass computes each
+      token's log-sum-exp over vocabulary blocks (online), and the backward pass recomputes the
+      logits one vocabulary block at a time, all tokens at once (Cut Cross-Entropy): four matmuls,
+      but every block's weight gradient is complete when computed, so it is accumulated in
+      float32 and written once in the weight's dtype, and the upstream gradient may weight tokens
+      freely.
+
+    Logits, log-sum-exp, the loss sum and the weight gradient accumulate in float32 whatever the
+    input dtype (float64 for float64 inputs); gradients come back in each input's dtype.
 
     Args:
         hidden: `(..., H)` float tensor, the last hidden states.
-        weight: `(V, H)` output projection (the transposed kernel of a `Dense(V)` layer, or the
-            tied embedding matrix).
-        labels: `(...)` integer class indices, `ignore_index` for tokens to skip (padding).
+        weight: `(V, H)` projection (a tied embedding matrix). Exactly one of weight/kernel.
+        labels: `(...)` integer class indices (`hidden.shape[:-1]`), `ignore_index` to skip.
         bias: optional `(V,)` bias.
-        chunk_size: tokens per chunk; default: a power of two making a chunk's logits about as
-            large as `hidden` (at most 4096).
+        kernel: `(H, V)` projection (a `Dense(V)` layer's kernel), instead of `weight`.
+        chunk_size: tokens per chunk on the in-place path; default: a power of two making a
+            chunk's logits about half as large as `hidden` (at most 4096).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
         reduction: `"mean"` over non-ignored tokens (0 if there are none), `"sum"`, or `"none"`
-            for per-token losses of shape `labels.shape`.
+            for per-token losses of shape `labels.shape` (0 for ignored tokens).
 
     Returns:
-        A scalar, or per-token losses for `reduction="none"`.
+        A scalar, or per-token losses, in float32 (float64 for float64 inputs).
 
     References:
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", arXiv:2411.09009.
         Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", arXiv:2410.10989.
     """
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    hidden = ops.convert_to_tensor(hidden)
-    weight = ops.convert_to_tensor(weight, dtype=hidden.dtype)
-    labels = ops.convert_to_tensor(labels)
-    if "int" not in str(labels.dtype):
-        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        raise ValueError(f"{_NAME}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
+    dtype = fh.accumulation_dtype(hidden, head.matrix, bias)
     labels_shape = ops.shape(labels)
-    vocab, hidden_dim = weight.shape
-    h = ops.reshape(hidden, (-1, hidden_dim))
+    h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
-    n = ops.shape(h)[0]
-    if chunk_size is None:
-        # An unknown number of tokens (TF graph, None batch) is sized as 8192 tokens.
-        chunk_size = _auto_chunk_size(h.shape[0] or 8192, hidden_dim, vocab)
-    # Pad to whole chunks with ignored tokens, which add 0 to the loss and the gradients.
-    pad = (chunk_size - n % chunk_size) % chunk_size
-    h_chunks = ops.reshape(ops.pad(h, [[0, pad], [0, 0]]), (-1, chunk_size, hidden_dim))
-    y_chunks = ops.reshape(ops.pad(y, [[0, pad]], constant_values=ignore_index), (-1, chunk_size))
-    options = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
+    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
+    # 16-bit inputs would need a float32 copy of the weight gradient as running sum.
+    same_dtype = all(t is None or t.dtype == h.dtype for t in (head.matrix, bias))
+    in_place = (reduction != "none" and same_dtype and "float16" not in str(h.dtype)
+                and backend.updates_in_place() and bool(h.shape[0]))
+    if in_place:
 
-    def take(x, i):
-        return ops.take(x, i, axis=0)
-
-    def put(buffer, i, chunk):
-        return ops.slice_update(buffer, (i,) + (0,) * (len(buffer.shape) - 1), chunk[None])
-
-    def forward(y_chunks, h_chunks, weight, *maybe_bias):
-        b = maybe_bias[0] if maybe_bias else None
-
-        def loop(body, init):
-            return backend.sequential_fori_loop(ops.shape(h_chunks)[0], body, init)
-
-        if reduction == "none":
-            # Per-token values now; the gradient recomputes each chunk's logits (Cut CE).
-            def value_step(i, losses):
-                loss, _ = _chunk(take(h_chunks, i), take(y_chunks, i), weight, b, **options)
-                return put(losses, i, loss)
-
-            losses = loop(value_step, ops.zeros(ops.shape(y_chunks), hidden.dtype))
-
-            def grad_fn(upstream):
-                def grad_step(i, acc):
-                    dh, dw, db = acc
-                    h_i = take(h_chunks, i)
-                    _, dz = _chunk(h_i, take(y_chunks, i), weight, b, **options)
-                    dz = dz * take(upstream, i)[:, None]
-                    return (
-                        put(dh, i, ops.matmul(dz, weight)),
-                        dw + ops.matmul(ops.transpose(dz), h_i),
-                        db + ops.sum(dz, axis=0),
-                    )
-
-                zeros = tuple(ops.zeros_like(g) for g in (h_chunks, weight))
-                dh, dw, db = loop(grad_step, zeros + (ops.zeros((vocab,), hidden.dtype),))
-                return (None, dh, dw, db) if maybe_bias else (None, dh, dw)
-
-            return losses, grad_fn
-
-        # A scalar: every gradient is computed now, while each chunk's logits exist (Liger).
-        if reduction == "mean":
-            count = ops.sum(ops.cast(ops.not_equal(y_chunks, ignore_index), hidden.dtype))
-            scale = 1.0 / ops.maximum(count, 1.0)
-        else:
-            scale = 1.0
-
-        def step(i, acc):
-            total, dh, dw, db = acc
-            h_i = take(h_chunks, i)
-            loss, dz = _chunk(h_i, take(y_chunks, i), weight, b, **options)
-            dz = dz * scale
-            return (
-                total + ops.sum(loss),
-                put(dh, i, ops.matmul(dz, weight)),
-                dw + ops.matmul(ops.transpose(dz), h_i),
-                db + ops.sum(dz, axis=0),
+        @custom_gradient
+        def fused(h, w, b, y):
+            # Computed here, not closed over: JAX forbids closing over values traced by a jit.
+            count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
+            scale = 1.0 / ops.maximum(count, 1.0) if reduction == "mean" else 1.0
+            return _scalar_in_place(
+                h, w, b, y, scale, head_rows=head.rows, dtype=dtype, opts=opts,
+                chunk_size=chunk_size,
             )
 
-        zeros = tuple(ops.zeros_like(g) for g in (h_chunks, weight))
-        init = (ops.zeros((), hidden.dtype),) + zeros + (ops.zeros((vocab,), hidden.dtype),)
-        total, dh, dw, db = loop(step, init)
-        grads = (dh, dw, db) if maybe_bias else (dh, dw)
+        return fused(h, head.matrix, bias, y)
 
-        def grad_fn(upstream):
-            return (None, *(g * upstream for g in grads))
+    @custom_gradient
+    def per_token(h, w, b, y):
+        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts)
 
-        return total * scale, grad_fn
-
-    args = (y_chunks, h_chunks, weight) + (() if bias is None else (bias,))
-    out = custom_gradient(forward)(*args)
+    losses = per_token(h, head.matrix, bias, y)
     if reduction == "none":
-        return ops.reshape(ops.reshape(out, (-1,))[:n], labels_shape)
-    return out
-
+        return ops.reshape(losses, labels_shape)
+    total = ops.sum(losses)
+    if reduction == "sum":
+        return total
+    count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
+    return total / ops.maximum(count, 1.0)
 
 
 # No Loss class: its inputs are not (y_true, y_pred); use it in a Term or a train step.
