@@ -196,3 +196,26 @@ def test_empty_inputs_raise_a_clear_error():
         model.fit({"features": empty_x}, empty_y, verbose=0)
     with pytest.raises(ValueError, match="ObjectiveModel.evaluate: the data has no samples"):
         model.evaluate({"features": empty_x}, empty_y, verbose=0)
+
+
+def test_export_inner_loads_without_losskit(tmp_path):
+    import subprocess
+    import sys
+
+    model = ObjectiveModel(_model(), Objective([Term(losskit.losses.mse)]))
+    model.compile(optimizer="sgd")
+    x = RNG.normal(size=(4, 3)).astype("float32")
+    model.fit({"features": x}, np.zeros((4, 1), "float32"), verbose=0)
+    path = tmp_path / "inner.keras"
+    model.export_inner(path)
+    code = (
+        "import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
+        "assert 'losskit' not in sys.modules; "
+        "print(m.predict(np.load(sys.argv[2]), verbose=0).sum())"
+    )
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = ops.convert_to_numpy(model.predict({"features": x}, verbose=0)).sum()
+    np.testing.assert_allclose(float(out.stdout.split()[-1]), expected, rtol=1e-5)

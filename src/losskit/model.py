@@ -311,6 +311,14 @@ class ObjectiveModel(keras.Model):
 
     # ----- saving -------------------------------------------------------------------------------
 
+    def export_inner(self, filepath):
+        """Saves the inner model alone (`.keras`, uncompiled): the file loads with
+        `keras.saving.load_model` in a process that never imports losskit (as long as the inner
+        model itself uses no losskit layers or regularisers). A whole `ObjectiveModel` file needs
+        losskit imported first; without it Keras reports "Could not locate class
+        'ObjectiveModel'"."""
+        self.inner.save(filepath, include_optimizer=False)
+
     def get_config(self):
         return {
             "name": self.name,
