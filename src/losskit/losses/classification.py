@@ -206,6 +206,7 @@ def sparsemax(logits, axis=-1):
     everywhere) and :math:`\tau = (\sum_{j \in S} z_j - 1) / |S|` recomputed differentiably.
     Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
     """
+    logits = ops.convert_to_tensor(logits)  # NumPy input: torch cannot mix it with tensors
     support = _sparsemax_support(logits, axis)
     tau = _sparsemax_tau(logits, support, axis)
     return ops.relu(logits - tau)
