@@ -199,7 +199,7 @@ def _declared_none(fn, inputs):
     return {i for i, g in enumerate(grads) if g is None}
 
 
-def _undeclared(fn, tensors, training):
+def _without_declared_gradient(fn, tensors, training):
     """Positions whose training gradient passes through a grad_fn that returns None for it,
     however deep inside `fn` (a plain function calling a `@custom_gradient` one, a wrapper)."""
     with declared_none_as_nan():
@@ -290,7 +290,7 @@ def check_gradients(
 
         _, training = value_and_grad(weighted, *cast)
         if wrt is None:
-            declared |= _undeclared(weighted, cast, training)
+            declared |= _without_declared_gradient(weighted, cast, training)
             wrt = [i for i, f in enumerate(floating) if f and i not in declared]
         wrt = sorted(int(i) for i in wrt)
         with plain_autodiff():

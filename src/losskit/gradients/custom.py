@@ -152,13 +152,12 @@ def custom_gradient(f):
                         f"{len(grads)} gradient(s) for {len(tensor_pos)} tensor input(s); return "
                         "one per input (None for inputs without a gradient)."
                     )
-                missing = ops.full_like if none_as_nan else (lambda x, _: None)
-                return [
-                    missing(x, float("nan"))
-                    if by_position[i] is None
-                    else ops.cast(by_position[i], x.dtype)
-                    for i, x in zip(wrt, diff)
-                ]
+                def cast(g, x):
+                    if g is not None:
+                        return ops.cast(g, x.dtype)
+                    return ops.full_like(x, float("nan")) if none_as_nan else None
+
+                return [cast(by_position[i], x) for i, x in zip(wrt, diff)]
 
             return value, rule
 
