@@ -584,8 +584,12 @@ GRADIENT_CASES = [
 def test_gradients(name):
     fn, first, second = gradient_cases()[name]
     first = np.asarray(first)
-    wrt = [1]
-    report = losskit.check_gradients(fn, first, x64(second), wrt=wrt)
+    tolerances = {}
+    if name == "ctc" and keras.backend.backend() == "tensorflow":
+        # Keras runs tf.nn.ctc_loss in float32 even for float64 inputs (TF's kernel has no
+        # float64), so finite differences need a larger step and tolerance there.
+        tolerances = {"eps": 1e-2, "atol": 2e-4, "rtol": 1e-3}
+    report = losskit.check_gradients(fn, first, x64(second), wrt=[1], **tolerances)
     assert report.ok, str(report)
 
 

@@ -228,8 +228,8 @@ def triplet(
     margin=1.0,
     mining="batch_hard",
     squared=False,
-    soft_margin=False,
     block_size=None,
+    soft_margin=False,
 ):
     r"""Triplet margin loss with online mining inside the batch.
 

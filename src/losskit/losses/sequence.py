@@ -59,4 +59,4 @@ class SequenceLoss(FunctionLoss):
 CTC = loss_class(ctc, "CTC", sparse_labels=True, base=SequenceLoss)
 
 FUNCTIONS, CLASSES = family(__name__)
-__all__ = public(FUNCTIONS, CLASSES, "SequenceLoss")
+__all__ = public(FUNCTIONS, CLASSES)
