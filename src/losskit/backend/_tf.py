@@ -77,7 +77,11 @@ def matmul(a, b, dtype):
 
 
 def take(x, start, size, axis=0):
-    return tf.gather(x, tf.range(start, start + size), axis=axis)
+    out = tf.gather(x, tf.range(start, start + size), axis=axis)
+    shape = list(x.shape)
+    shape[axis] = size if isinstance(size, int) else None
+    out.set_shape(shape)  # tf.range with a tensor start loses the static size
+    return out
 
 
 def set_rows(buffer, start, rows, axis=0):
@@ -86,7 +90,9 @@ def set_rows(buffer, start, rows, axis=0):
     size = tf.shape(rows)[axis]
     before = tf.gather(buffer, tf.range(start), axis=axis)
     after = tf.gather(buffer, tf.range(start + size, tf.shape(buffer)[axis]), axis=axis)
-    return tf.concat([before, rows, after], axis=axis)
+    out = tf.concat([before, rows, after], axis=axis)
+    out.set_shape(buffer.shape)  # loop carries must keep their static shape
+    return out
 
 
 def add_rows(buffer, start, rows, axis=0):

@@ -17,6 +17,7 @@ from losskit.losses.classification import *  # noqa: F403
 from losskit.losses.distillation import *  # noqa: F403
 from losskit.losses.divergence import *  # noqa: F403
 from losskit.losses.fused import *  # noqa: F403
+from losskit.losses.fused_distillation import *  # noqa: F403
 from losskit.losses.generative import *  # noqa: F403
 from losskit.losses.metric_learning import *  # noqa: F403
 from losskit.losses.probabilistic import *  # noqa: F403

@@ -42,13 +42,13 @@ def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing):
     return dz
 
 
-def _per_token(h, w, b, y, *, head_rows, dtype, opts):
+def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
     """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
     any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
     token chunks and written once."""
     head = fh.Head(w, head_rows)
     n, vocab = ops.shape(h)[0], head.vocab
-    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab)
+    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab, chunk_size)
     valid = ops.not_equal(y, opts["ignore_index"])
     ls, zl = opts["label_smoothing"], opts["z_loss"]
 
@@ -224,8 +224,9 @@ def fused_linear_cross_entropy(
         labels: `(...)` integer class indices (`hidden.shape[:-1]`), `ignore_index` to skip.
         bias: optional `(V,)` bias.
         kernel: `(H, V)` projection (a `Dense(V)` layer's kernel), instead of `weight`.
-        chunk_size: tokens per chunk on the in-place path; default: a power of two making a
-            chunk's logits about half as large as `hidden` (at most 4096).
+        chunk_size: tokens per chunk. Default: on the in-place path a power of two making a
+            chunk's logits about as large as `hidden` (at most 4096); on the vocabulary-block
+            path 1024 (TensorFlow outside XLA: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
@@ -267,7 +268,8 @@ def fused_linear_cross_entropy(
 
     @custom_gradient
     def per_token(h, w, b, y):
-        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts)
+        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts,
+                          chunk_size=chunk_size)
 
     losses = per_token(h, head.matrix, bias, y)
     if reduction == "none":
