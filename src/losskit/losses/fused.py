@@ -77,7 +77,8 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         return fh.put(carry[0], t0, lse_i, chunk), fh.put(carry[1], t0, loss_i, chunk)
 
     # Two buffers, not one twice: torch updates them in place.
-    lse, loss = fh.loop_blocks(n, chunk, token_step, (ops.zeros((n,), dtype), ops.zeros((n,), dtype)))
+    buffers = (ops.zeros((n,), dtype), ops.zeros((n,), dtype))
+    lse, loss = fh.loop_blocks(n, chunk, token_step, buffers)
     loss = ops.where(valid, loss, ops.zeros_like(loss))
 
     def grad_fn(upstream):
