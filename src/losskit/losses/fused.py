@@ -151,13 +151,10 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         if b is not None:
             db = db + ops.sum(dz, axis=0)
 
-        def dw_step(j, dw):
-            v0 = fh.block_start(j, block, vocab)
-            dz_j = backend.take(dz, v0, block, axis=1)
-            dz_j = ops.where(fh.fresh(j, v0, block)[None, :], dz_j, ops.zeros_like(dz_j))
-            return backend.add_rows(dw, v0, head.grad(dz_j, h_i, dtype), head.axis)
-
-        dw = backend.sequential_fori_loop(fh.num_blocks(vocab, block), dw_step, dw)
+        if head.rows:
+            dw = backend.add_matmul(dw, ops.transpose(dz), h_i, 0, block)
+        else:
+            dw = backend.add_matmul(dw, ops.transpose(h_i), dz, 1, block)
         return total, dh, dw, db
 
     init = (
