@@ -1,4 +1,4 @@
-"""Fused linear cross-entropy vs the naive `keras.ops` head + cross-entropy: time, memory, precision.
+"""Fused linear cross-entropy vs the naive `keras.ops` head + cross-entropy: time, memory, accuracy.
 
 Forward + backward (gradients w.r.t. hidden, weight and bias) of a language-model head, float32 and
 bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
@@ -92,7 +92,7 @@ def part_time(args):
         mode = "jit" if keras.backend.backend() != "torch" else "eager"
         steps = {name: step_fn(name, mode) for name in args.candidates}
         timing = common.interleaved(
-            {name: (lambda s=s: s(*inputs)) for name, s in steps.items()}, repeats=args.repeats
+            {name: (lambda s=s, x=inputs: s(*x)) for name, s in steps.items()}, repeats=args.repeats
         )
         for name, r in common.ratios(timing, "naive").items():
             timing[name].update(r)
