@@ -21,15 +21,17 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax")  # the default set; torch is opt-in per script
+ALL_BACKENDS = BACKENDS + ("torch",)
 
 
 def parse_args(description, **extra):
     """`--backend` (child mode), `--quick` (tiny sizes), `--repeats`, plus script options."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--backend", choices=BACKENDS, help="run in this process (child mode)")
+    parser.add_argument("--backend", choices=ALL_BACKENDS, help="run in this process (child mode)")
     parser.add_argument(
-        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+        "--backends", nargs="+", choices=ALL_BACKENDS,
+        default=list(extra.pop("default_backends", BACKENDS)),
         help="backends to (re)run; the others' latest results are merged in",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the script")
@@ -43,7 +45,7 @@ def run_per_backend(name, script, argv, env=None, backends=BACKENDS):
     """Runs `script --backend B` for each of `backends` in a fresh process; merges the results of
     every backend (earlier runs for the others) into `results/{name}.json`."""
     merged = {"benchmark": name, "machine": machine(), "backends": {}}
-    for backend in BACKENDS:
+    for backend in ALL_BACKENDS:
         if backend not in backends:
             path = RESULTS / f"{name}.{backend}.json"
             if path.exists():
@@ -109,10 +111,13 @@ def versions():
 # ---------------------------------------------------------------- compiled functions per backend
 
 
-def compile_fn(fn, jit=True):
-    """`fn` compiled by the backend: `tf.function(jit_compile=jit)` or `jax.jit`."""
+def compile_fn(fn, jit=True, mode=None):
+    """`fn` compiled by the backend: `tf.function(jit_compile=jit)` or `jax.jit`; `mode="eager"`
+    (and torch) leaves it uncompiled."""
     import keras
 
+    if mode == "eager" or keras.backend.backend() == "torch":
+        return fn
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -137,6 +142,17 @@ def value_and_grads(fn, argnums):
             return value, tape.gradient(value, watched)
 
         return vg
+    if keras.backend.backend() == "torch":
+        import torch
+
+        def vg_torch(*args):
+            args = list(args)
+            for i in argnums:
+                args[i] = args[i].detach().requires_grad_(True)
+            value = fn(*args)
+            return value.detach(), torch.autograd.grad(value, [args[i] for i in argnums])
+
+        return vg_torch
     import jax
 
     return jax.value_and_grad(fn, argnums=tuple(argnums))

@@ -1,25 +1,22 @@
-"""Fused linear cross-entropy vs the naive `keras.ops` head + cross-entropy: peak memory and time.
+"""Fused linear cross-entropy vs the naive `keras.ops` head + cross-entropy: time, memory, accuracy.
 
-Forward + backward (gradients w.r.t. hidden, weight and bias) of a language-model head at N = 8192
-tokens, H = 1024, V = 32768, float32, where the naive logits alone take 1 GiB. Targets (issue 7):
-peak extra memory <= 1/8 of naive, time <= 1.3x naive on CPU.
+Forward + backward (gradients w.r.t. hidden, weight and bias) of a language-model head, float32 and
+bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
 
-- Time: one process per backend, candidates interleaved over `--repeats` rounds (median).
-- Memory: a fresh process per (backend, compile mode, candidate) makes the inputs, compiles the
-  step (JAX: ahead of time; TensorFlow: traced ahead, but XLA compiles on the first call, so
-  its compiler's memory is included in `jit` mode), then runs it once: peak extra memory = resident
-  high-water mark during the call minus the resident size just before it. A fresh process
-  matters: TensorFlow keeps freed buffers resident, so a second call in the same process would
-  reuse them unseen.
+- time <= 1.0x the naive jit at N = 4096..8192 (`--part time`, JAX `jax.jit`, H = 1024,
+  V = 32768; candidates interleaved over `--repeats` rounds, median);
+- XLA's compiled `temp_size_in_bytes` <= 1.0x the bytes of the gradients returned, float32 and
+  bfloat16, at N = 8192, H = 1024, V = 32768 (`--part compiled`, compile only, JAX);
+- the same bound in every execution mode (`--part modes`): peak extra resident memory of one call,
+  in a fresh process per (backend, mode, dtype, candidate) (the kernel's high-water mark reset
+  just before the call), against the gradients' bytes; TF eager `GradientTape`, `tf.function`,
+  `tf.function(jit_compile=True)`, JAX eager and jit, torch eager; N = 4096, H = 512, V = 32768;
+- bfloat16 accuracy at full size (`--part precision`): the loss vs a float64 computation on the
+  same rounded inputs.
 
-Compile modes: `jit` (`tf.function(jit_compile=True)` / `jax.jit`) and, under TensorFlow, `graph`
-(`tf.function` without XLA, which is what `Model.fit` uses on a CPU-only TensorFlow). TensorFlow
-runs `graph` only by default, to keep `make bench` under 15 minutes on 2 cores; add
-`--tf-modes graph jit` for XLA too.
-
-    python benchmarks/fused_ce.py                 # both backends, full size
-    python benchmarks/fused_ce.py --quick         # tiny sizes
-    python benchmarks/fused_ce.py --candidates naive fused fused_per_token --tf-modes graph jit
+    python benchmarks/fused_ce.py                       # all parts, full size (~15 min idle)
+    python benchmarks/fused_ce.py --quick               # tiny sizes, to check the script
+    python benchmarks/fused_ce.py --parts compiled precision
 """
 
 import json
@@ -29,11 +26,15 @@ import sys
 
 import common
 
+MODES = {"tensorflow": ["eager", "graph", "jit"], "jax": ["eager", "jit"], "torch": ["eager"]}
+
 
 def naive_loss(hidden, weight, bias, labels):
+    """Materialised float32 logits (as a mixed-precision Keras model computes its loss)."""
     from keras import ops
 
-    logits = ops.matmul(hidden, ops.transpose(weight)) + bias
+    logits = ops.cast(ops.matmul(hidden, ops.transpose(weight)), "float32")
+    logits = logits + ops.cast(bias, "float32")
     return ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
@@ -54,26 +55,93 @@ def fused_per_token_loss(hidden, weight, bias, labels):
 LOSSES = {"naive": naive_loss, "fused": fused_loss, "fused_per_token": fused_per_token_loss}
 
 
-def setup(args):
-    import keras
+def make_inputs(n, h, v, dtype, seed=0):
     import numpy as np
 
-    n, h, v = (300, 64, 1000) if args.quick else (args.tokens, args.hidden, args.vocab)
-    rng = np.random.default_rng(0)
-    inputs = common.to_device(
+    rng = np.random.default_rng(seed)
+    arrays = (
         rng.normal(size=(n, h)).astype("float32"),
         (rng.normal(size=(v, h)) / np.sqrt(h)).astype("float32"),
         np.zeros(v, "float32"),
         rng.integers(0, v, size=n).astype("int32"),
     )
-    modes = {"jit": True}
-    if keras.backend.backend() == "tensorflow":
-        modes = {mode: mode == "jit" for mode in args.tf_modes}
-    return (n, h, v), inputs, modes
+    from keras import ops
+
+    tensors = common.to_device(*arrays)
+    return [ops.cast(t, dtype) if i < 3 else t for i, t in enumerate(tensors)]
 
 
-def step_fn(name, jit):
-    return common.compile_fn(common.value_and_grads(LOSSES[name], (0, 1, 2)), jit=jit)
+def grad_bytes(n, h, v, dtype):
+    return (n * h + v * h + v) * (4 if dtype == "float32" else 2)
+
+
+def step_fn(name, mode):
+    return common.compile_fn(common.value_and_grads(LOSSES[name], (0, 1, 2)), jit=mode == "jit",
+                             mode=mode)
+
+
+# ------------------------------------------------------------------------------- parts (children)
+
+
+def part_time(args):
+    import keras
+
+    result = {}
+    for n in args.time_tokens:
+        inputs = make_inputs(n, args.hidden, args.vocab, "float32")
+        mode = "jit" if keras.backend.backend() != "torch" else "eager"
+        steps = {name: step_fn(name, mode) for name in args.candidates}
+        timing = common.interleaved(
+            {name: (lambda s=s, x=inputs: s(*x)) for name, s in steps.items()}, repeats=args.repeats
+        )
+        for name, r in common.ratios(timing, "naive").items():
+            timing[name].update(r)
+            print(f"time {keras.backend.backend()} {mode} N={n} {name:16s} "
+                  f"{timing[name]['median_s']:.3f} s ratio {r['ratio']:.3f}", flush=True)
+        result[f"N={n}"] = {"shape": [n, args.hidden, args.vocab], "mode": mode, "timing": timing}
+    return result
+
+
+def part_compiled(args):
+    import jax
+
+    result = {}
+    n, h, v = args.tokens, args.hidden, args.vocab
+    for dtype in ("float32", "bfloat16"):
+        inputs = make_inputs(n, h, v, dtype)
+        for name in args.candidates:
+            step = jax.jit(common.value_and_grads(LOSSES[name], (0, 1, 2)))
+            memory = step.lower(*inputs).compile().memory_analysis()
+            out = grad_bytes(n, h, v, dtype)
+            row = {"temp_bytes": memory.temp_size_in_bytes, "grad_bytes": out,
+                   "temp_over_grads": memory.temp_size_in_bytes / out}
+            result[f"{dtype}/{name}"] = row
+            print(f"compiled jax {dtype} {name:16s} temp {row['temp_bytes'] / 2**20:8.1f} MiB "
+                  f"= {row['temp_over_grads']:.3f} x gradients", flush=True)
+    return result
+
+
+def part_precision(args):
+    """bf16 loss vs float64 on the same rounded inputs, float64 computed in token chunks."""
+    import numpy as np
+    from keras import ops
+
+    n, h, v = args.tokens, args.hidden, args.vocab
+    hidden, weight, bias, labels = make_inputs(n, h, v, "bfloat16", seed=1)
+    got = float(ops.convert_to_numpy(fused_loss(hidden, weight, bias, labels)))
+    h64, w64, b64 = (ops.convert_to_numpy(ops.cast(x, "float32")).astype("float64")
+                     for x in (hidden, weight, bias))
+    y = ops.convert_to_numpy(labels)
+    total = 0.0
+    for i in range(0, n, 512):
+        z = h64[i:i + 512] @ w64.T + b64
+        m = z.max(-1)
+        lse = m + np.log(np.exp(z - m[:, None]).sum(-1))
+        total += (lse - z[np.arange(len(z)), y[i:i + 512]]).sum()
+    want = total / n
+    row = {"fused_bf16": got, "float64": want, "relative_error": abs(got - want) / abs(want)}
+    print(f"precision bf16 loss {got:.6f} vs float64 {want:.6f}: rel {row['relative_error']:.2e}")
+    return row
 
 
 def probe(args):
@@ -84,72 +152,85 @@ def probe(args):
 
     import losskit.losses  # noqa: F401 -- imported before the measurement, not during it
 
-    _, inputs, modes = setup(args)
-    step = step_fn(args.probe, modes[args.probe_mode])
-    if keras.backend.backend() == "jax":
-        step = step.lower(*inputs).compile()  # compile outside the measured call
-    else:
-        step.get_concrete_function(*inputs)  # trace outside it (XLA still compiles in the call)
+    n, h, v = args.mode_shape
+    inputs = make_inputs(n, h, v, args.probe_dtype)
+    step = step_fn(args.probe, args.probe_mode)
+    if keras.backend.backend() == "jax" and args.probe_mode == "jit":
+        step = step.lower(*inputs).compile()
+    elif keras.backend.backend() == "tensorflow" and args.probe_mode != "eager":
+        step.get_concrete_function(*inputs)
     gc.collect()
     before = common.reset_peak_rss()
     out = common.block(step(*inputs))
     peak = common.peak_rss()
-    loss = float(keras.ops.convert_to_numpy(out[0]))
-    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20, "rss_before_mib": before / 2**20,
-                      "loss": loss}))
+    loss = float(keras.ops.convert_to_numpy(keras.ops.cast(out[0], "float32")))
+    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20, "loss": loss}))
+
+
+def part_modes(args):
+    import keras
+
+    backend = keras.backend.backend()
+    n, h, v = args.mode_shape
+    result = {}
+    for mode in MODES[backend]:
+        for dtype in args.mode_dtypes:
+            for name in args.candidates:
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--backend", backend,
+                       "--probe", name, "--probe-mode", mode, "--probe-dtype", dtype]
+                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+                run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if run.returncode:
+                    row = {"error": run.stderr.strip().splitlines()[-1][:300]}
+                else:
+                    row = json.loads(run.stdout.strip().splitlines()[-1])
+                    row["over_grads"] = row["peak_extra_mib"] * 2**20 / grad_bytes(n, h, v, dtype)
+                result[f"{mode}/{dtype}/{name}"] = row
+                print(f"modes {backend} {mode:6s} {dtype:8s} {name:16s} {row}", flush=True)
+    return result
 
 
 def child(args):
-    (n, h, v), inputs, modes = setup(args)
-    result = {"shape": {"N": n, "H": h, "V": v}, "naive_logits_mib": n * v * 4 / 2**20, "modes": {}}
-    for mode, jit in modes.items():
-        steps = {name: step_fn(name, jit) for name in args.candidates}
-        timing = common.interleaved(
-            {name: (lambda s=s: s(*inputs)) for name, s in steps.items()}, repeats=args.repeats
-        )
-        for name, r in common.ratios(timing, "naive").items():
-            timing[name].update(r)
-            timing[name].update(measure_memory(args, name, mode))
-        naive_peak = timing["naive"]["peak_extra_mib"]
-        for r in timing.values():
-            r["memory_ratio"] = r["peak_extra_mib"] / naive_peak
-        result["modes"][mode] = timing
-        for name, r in timing.items():
-            print(f"{args.backend:10s} {mode:5s} {name:16s} {r['median_s']:8.3f} s  "
-                  f"time ratio {r['ratio']:.3f}  peak extra {r['peak_extra_mib']:8.1f} MiB  "
-                  f"memory ratio {r['memory_ratio']:.3f}", flush=True)
-    common.save_child("fused_ce", args.backend, result)
+    import keras
 
-
-def measure_memory(args, name, mode):
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, __file__, *argv, "--probe", name, "--probe-mode", mode]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    backend = keras.backend.backend()
+    result = {"shape": {"N": args.tokens, "H": args.hidden, "V": args.vocab},
+              "mode_shape": args.mode_shape}
+    parts = {"time": part_time, "compiled": part_compiled, "precision": part_precision,
+             "modes": part_modes}
+    for part in args.parts:
+        if part in ("compiled", "precision") and backend != "jax":
+            continue  # XLA's analysis is read through JAX; the precision check needs one backend
+        result[part] = parts[part](args)
+    common.save_child("fused_ce", backend, result)
 
 
 def main():
     args = common.parse_args(
         __doc__.splitlines()[0],
+        default_backends=("jax", "tensorflow", "torch"),
         tokens=dict(type=int, default=8192),
         hidden=dict(type=int, default=1024),
         vocab=dict(type=int, default=32768),
+        time_tokens=dict(type=int, nargs="+", default=[4096, 8192]),
+        mode_shape=dict(type=int, nargs=3, default=[4096, 512, 32768]),
+        mode_dtypes=dict(nargs="+", default=["float32", "bfloat16"]),
+        parts=dict(nargs="+", default=["compiled", "precision", "time", "modes"],
+                   choices=["compiled", "precision", "time", "modes"]),
         candidates=dict(nargs="+", default=["naive", "fused"], choices=list(LOSSES)),
-        tf_modes=dict(
-            nargs="+", default=["graph"], choices=["graph", "jit"],
-            help="TensorFlow compile modes; jit (XLA, ~27 s a call here) is left out of make bench",
-        ),
         probe=dict(choices=list(LOSSES), help="internal: measure one candidate's memory"),
-        probe_mode=dict(choices=["jit", "graph"], help="internal: its compile mode"),
+        probe_mode=dict(choices=["eager", "graph", "jit"], help="internal: its execution mode"),
+        probe_dtype=dict(choices=["float32", "bfloat16"], help="internal: its dtype"),
     )
+    if args.quick:
+        args.tokens, args.hidden, args.vocab = 512, 64, 2048
+        args.time_tokens, args.mode_shape = [256, 512], [512, 64, 2048]
     if args.probe:
         return probe(args)
     if args.backend:
         return child(args)
-    common.run_per_backend(
-        "fused_ce", __file__, sys.argv[1:], backends=args.backends
-    )
+    argv = [a for a in sys.argv[1:]]
+    common.run_per_backend("fused_ce", __file__, argv, backends=args.backends)
 
 
 if __name__ == "__main__":

@@ -62,16 +62,42 @@ def custom_gradient(data):
 
 
 def fused_ce(data):
+    """Three tables: XLA's compiled temporaries, time, and peak memory per execution mode."""
+    out = []
+    for backend, res in data["backends"].items():
+        if "compiled" in res:
+            shape = "×".join(str(res["shape"][k]) for k in "NHV")
+            rows = [[backend, shape, key, f"{r['temp_bytes'] / 2**20:.1f}",
+                     f"{r['grad_bytes'] / 2**20:.1f}", f"{r['temp_over_grads']:.3f}"]
+                    for key, r in res["compiled"].items()]
+            out.append(table(["backend", "N×H×V", "dtype/method", "XLA temp MiB",
+                              "gradients MiB", "temp / gradients"], rows))
+        if "precision" in res:
+            p = res["precision"]
+            out.append(f"bf16 loss {p['fused_bf16']:.6f} vs float64 {p['float64']:.6f}: "
+                       f"relative error {p['relative_error']:.1e}")
     rows = []
     for backend, res in data["backends"].items():
-        shape = "×".join(str(res["shape"][k]) for k in "NHV")
-        for mode, cands in res["modes"].items():
-            for name, r in cands.items():
-                rows.append([backend, shape, mode, name, f"{r['median_s']:.2f}", spread(r),
-                             f"{r['peak_extra_mib']:.0f}", f"{r['memory_ratio']:.3f}"])
-    header = ["backend", "N×H×V", "compile", "method", "s (fwd+bwd)", "time ratio (min-max)",
-              "peak extra MiB", "memory ratio"]
-    return table(header, rows)
+        for part in res.get("time", {}).values():
+            for name, r in part["timing"].items():
+                rows.append([backend, part["mode"], "×".join(map(str, part["shape"])), name,
+                             f"{r['median_s']:.2f}", spread(r)])
+    if rows:
+        out.append(table(["backend", "mode", "N×H×V", "method", "s (fwd+bwd)",
+                          "time ratio (min-max)"], rows))
+    rows = []
+    for backend, res in data["backends"].items():
+        for key, r in res.get("modes", {}).items():
+            mode, dtype, name = key.split("/")
+            if "error" in r:
+                rows.append([backend, mode, dtype, name, "error", r["error"][:60]])
+                continue
+            rows.append([backend, mode, dtype, name, f"{r['peak_extra_mib']:.0f}",
+                         f"{r['over_grads']:.2f}"])
+    if rows:
+        out.append(table(["backend", "mode", "dtype", "method", "peak extra MiB",
+                          "peak extra / gradients"], rows))
+    return "\n\n".join(out)
 
 
 def main():

@@ -113,6 +113,13 @@ def add_rows(buffer, start, rows, axis=0):
     return _impl().add_rows(buffer, start, rows, axis)
 
 
+def add_matmul(acc, a, b, axis, block):
+    """`acc += a @ b` (float32 or float64 `acc`) without an `acc`-sized temporary: torch updates
+    `acc` in place (`addmm_`); elsewhere the product is added in blocks of `block` rows
+    (`axis=0`) or columns (`axis=1`) of `acc`, each updated in place by XLA."""
+    return _impl().add_matmul(acc, a, b, axis, block)
+
+
 def set_rows(buffer, start, rows, axis=0):
     """`buffer[start:start + k] = rows` along `axis`, in place where the backend allows."""
     return _impl().set_rows(buffer, start, rows, axis)

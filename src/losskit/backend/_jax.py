@@ -99,6 +99,24 @@ def _starts(buffer, start, axis):
     return tuple(start if d == axis else jnp.zeros((), start.dtype) for d in range(buffer.ndim))
 
 
+def add_matmul(acc, a, b, axis, block):
+    total = acc.shape[axis]
+    block = min(block, total)
+    count = -(-total // block)
+
+    def step(i, acc):
+        # The last block is shifted back to end at `total`; its rows seen before add 0.
+        start = jnp.minimum(i * block, total - block)
+        fresh = (start + jnp.arange(block)) >= i * block
+        if axis == 0:
+            part = matmul(take(a, start, block, 0) * fresh[:, None].astype(a.dtype), b, acc.dtype)
+        else:
+            part = matmul(a, take(b, start, block, 1) * fresh[None, :].astype(b.dtype), acc.dtype)
+        return add_rows(acc, start, part, axis)
+
+    return jax.lax.fori_loop(0, count, step, acc)
+
+
 def add_rows(buffer, start, rows, axis=0):
     starts = _starts(buffer, start, axis)
     current = jax.lax.dynamic_slice(buffer, starts, rows.shape)

@@ -77,22 +77,32 @@ def matmul(a, b, dtype):
 
 
 def take(x, start, size, axis=0):
-    return tf.gather(x, tf.range(start, start + size), axis=axis)
+    # `start + range(size)`, not `range(start, start + size)`: XLA needs a static size.
+    return tf.gather(x, start + tf.range(size), axis=axis)
+
+
+def _scatter(op, buffer, start, rows, axis):
+    # TensorFlow has no in-place update outside XLA: this writes a new buffer (see
+    # updates_in_place); a scatter, so that XLA (jit_compile) can compile it.
+    rows = tf.cast(rows, buffer.dtype)
+    if axis:
+        buffer, rows = tf.transpose(buffer), tf.transpose(rows)
+    indices = (start + tf.range(tf.shape(rows)[0]))[:, None]
+    out = op(buffer, indices, rows)
+    return tf.transpose(out) if axis else out
+
+
+def add_matmul(acc, a, b, axis, block):
+    del axis, block  # TensorFlow takes the schedule without running sums (updates_in_place)
+    return acc + matmul(a, b, acc.dtype)
 
 
 def set_rows(buffer, start, rows, axis=0):
-    # TensorFlow has no in-place update outside XLA; this copies `buffer` (see updates_in_place).
-    rows = tf.cast(rows, buffer.dtype)
-    size = tf.shape(rows)[axis]
-    before = tf.gather(buffer, tf.range(start), axis=axis)
-    after = tf.gather(buffer, tf.range(start + size, tf.shape(buffer)[axis]), axis=axis)
-    return tf.concat([before, rows, after], axis=axis)
+    return _scatter(tf.tensor_scatter_nd_update, buffer, start, rows, axis)
 
 
 def add_rows(buffer, start, rows, axis=0):
-    size = tf.shape(rows)[axis]
-    current = tf.gather(buffer, tf.range(start, start + size), axis=axis)
-    return set_rows(buffer, start, current + tf.cast(rows, buffer.dtype), axis)
+    return _scatter(tf.tensor_scatter_nd_add, buffer, start, rows, axis)
 
 
 def scale(x, factor):

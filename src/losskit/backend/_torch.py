@@ -82,6 +82,13 @@ def add_rows(buffer, start, rows, axis=0):
     return buffer
 
 
+def add_matmul(acc, a, b, axis, block):
+    del axis, block
+    if _recorded(acc, a, b):
+        return acc + torch.matmul(a.to(acc.dtype), b.to(acc.dtype))
+    return acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
 def set_rows(buffer, start, rows, axis=0):
     start, size = int(start), rows.shape[axis]
     if _recorded(buffer, rows):

@@ -18,6 +18,7 @@ from losskit.losses.detection import *  # noqa: F403
 from losskit.losses.distillation import *  # noqa: F403
 from losskit.losses.divergence import *  # noqa: F403
 from losskit.losses.fused import *  # noqa: F403
+from losskit.losses.fused_distillation import *  # noqa: F403
 from losskit.losses.generative import *  # noqa: F403
 from losskit.losses.metric_learning import *  # noqa: F403
 from losskit.losses.probabilistic import *  # noqa: F403

@@ -42,13 +42,13 @@ def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing):
     return dz
 
 
-def _per_token(h, w, b, y, *, head_rows, dtype, opts):
+def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
     """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
     any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
     token chunks and written once."""
     head = fh.Head(w, head_rows)
     n, vocab = ops.shape(h)[0], head.vocab
-    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab)
+    chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab, chunk_size)
     valid = ops.not_equal(y, opts["ignore_index"])
     ls, zl = opts["label_smoothing"], opts["z_loss"]
 
@@ -151,13 +151,10 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         if b is not None:
             db = db + ops.sum(dz, axis=0)
 
-        def dw_step(j, dw):
-            v0 = fh.block_start(j, block, vocab)
-            dz_j = backend.take(dz, v0, block, axis=1)
-            dz_j = ops.where(fh.fresh(j, v0, block)[None, :], dz_j, ops.zeros_like(dz_j))
-            return backend.add_rows(dw, v0, head.grad(dz_j, h_i, dtype), head.axis)
-
-        dw = backend.sequential_fori_loop(fh.num_blocks(vocab, block), dw_step, dw)
+        if head.rows:
+            dw = backend.add_matmul(dw, ops.transpose(dz), h_i, 0, block)
+        else:
+            dw = backend.add_matmul(dw, ops.transpose(h_i), dz, 1, block)
         return total, dh, dw, db
 
     init = (
@@ -225,8 +222,9 @@ def fused_linear_cross_entropy(
         labels: `(...)` integer class indices (`hidden.shape[:-1]`), `ignore_index` to skip.
         bias: optional `(V,)` bias.
         kernel: `(H, V)` projection (a `Dense(V)` layer's kernel), instead of `weight`.
-        chunk_size: tokens per chunk on the in-place path; default: a power of two making a
-            chunk's logits about half as large as `hidden` (at most 4096).
+        chunk_size: tokens per chunk. Default: on the in-place path a power of two making a
+            chunk's logits about as large as `hidden` (at most 4096); on the vocabulary-block
+            path 1024 (TensorFlow outside XLA: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
@@ -268,7 +266,8 @@ def fused_linear_cross_entropy(
 
     @custom_gradient
     def per_token(h, w, b, y):
-        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts)
+        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts,
+                          chunk_size=chunk_size)
 
     losses = per_token(h, head.matrix, bias, y)
     if reduction == "none":
