@@ -565,19 +565,7 @@ def gradient_cases():
     }
 
 
-GRADIENT_CASES = [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            reason="open: after the merge, ctc's float64 finite differences read 0 where "
-            "autodiff gives -0.51 (issue 15 note)",
-            strict=False,
-        ),
-    )
-    if name == "ctc"
-    else name
-    for name in sorted(gradient_cases())
-]
+GRADIENT_CASES = sorted(gradient_cases())
 
 
 @pytest.mark.parametrize("name", GRADIENT_CASES)
