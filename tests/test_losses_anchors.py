@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from keras import ops
 from saving_helpers import assert_loss_survives_saving
 from scipy.special import logsumexp, softmax
+from test_losses_metric_learning import np_dist, np_triplet
 
 import losskit
 from losskit import losses as L
@@ -237,10 +238,6 @@ def test_weighted_kappa_reference(weightage):
         L.weighted_kappa(onehot, probs, weightage="cubic")
 
 
-def np_dist(x):
-    return np.sqrt(((x[:, None, :].astype(float) - x[None, :, :]) ** 2).sum(-1))
-
-
 def np_lifted(labels, x, margin=1.0):
     d = np_dist(x)
     out = np.zeros(len(x))
@@ -279,31 +276,12 @@ def test_npairs_reference():
         L.npairs(LABELS, s[:, :5])
 
 
-def np_soft_triplet(labels, x, mining):
-    d = np_dist(x)
-    out = np.zeros(len(x))
-    for a in range(len(x)):
-        pos = [p for p in range(len(x)) if p != a and labels[p] == labels[a]]
-        neg = [n for n in range(len(x)) if labels[n] != labels[a]]
-        if not pos or not neg:
-            continue
-        if mining == "batch_hard":
-            out[a] = np.logaddexp(0, max(d[a, pos]) - min(d[a, neg]))
-            continue
-        terms = []
-        for p in pos:
-            farther = [d[a, n] for n in neg if d[a, n] > d[a, p]]
-            dn = min(farther) if farther else max(d[a, n] for n in neg)
-            terms.append(np.logaddexp(0, d[a, p] - dn))
-        out[a] = np.mean(terms)
-    return out
-
-
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
 def test_triplet_soft_margin_reference(mining):
     x = rng(12).normal(size=(7, 3)).astype("float32")
     got = L.triplet(LABELS, x, mining=mining, soft_margin=True, margin=5.0)  # margin unused
-    np.testing.assert_allclose(np_(got), np_soft_triplet(LABELS, x, mining), rtol=1e-5)
+    expected = np_triplet(LABELS, x, mining=mining, soft_margin=True)
+    np.testing.assert_allclose(np_(got), expected, rtol=1e-5)
     blocked = L.triplet(LABELS, x, mining=mining, soft_margin=True, block_size=3)
     np.testing.assert_allclose(np_(blocked), np_(got), rtol=1e-5)
 

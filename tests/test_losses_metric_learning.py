@@ -24,6 +24,7 @@ EMBEDDING_CLASSES = [c for c in ml.CLASSES if c is not ml.NPairs]
 
 
 def np_dist(x):
+    x = x.astype(float)  # the reference in float64
     return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
 
 
@@ -40,8 +41,12 @@ def np_contrastive(labels, x, margin=1.0):
     return out
 
 
-def np_triplet(labels, x, margin=1.0, mining="batch_hard", squared=False):
+def np_triplet(labels, x, margin=1.0, mining="batch_hard", squared=False, soft_margin=False):
     d = np_dist(x) ** 2 if squared else np_dist(x)
+
+    def penalty(gap):  # gap = d(a, p) - d(a, n)
+        return np.logaddexp(0.0, gap) if soft_margin else max(0.0, margin + gap)
+
     out = np.zeros(len(x))
     for a in range(len(x)):
         pos = [p for p in range(len(x)) if p != a and labels[p] == labels[a]]
@@ -50,13 +55,13 @@ def np_triplet(labels, x, margin=1.0, mining="batch_hard", squared=False):
             continue
         if mining == "batch_hard":
             hp, hn = max(d[a, p] for p in pos), min(d[a, n] for n in neg)
-            out[a] = max(0.0, margin + hp - hn)
+            out[a] = penalty(hp - hn)
             continue
         terms = []
         for p in pos:  # tfa.losses.triplet_semihard_loss's rule, one triplet at a time
             farther = [d[a, n] for n in neg if d[a, n] > d[a, p]]
             dn = min(farther) if farther else max(d[a, n] for n in neg)
-            terms.append(max(0.0, margin + d[a, p] - dn))
+            terms.append(penalty(d[a, p] - dn))
         out[a] = np.mean(terms)
     return out
 

@@ -11,7 +11,7 @@ import numpy as np
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
-def _is_lambda(obj):
+def is_lambda(obj):
     return callable(obj) and getattr(obj, "__name__", "") == "<lambda>"
 
 
@@ -19,7 +19,7 @@ def keyword_parameters(fn, kind, reserved):
     """Returns the defaults of `fn(y_true, y_pred, k=default, ...)`'s keyword parameters."""
     if not callable(fn):
         raise TypeError(f"@losskit.{kind} decorates a function, got {fn!r}")
-    if _is_lambda(fn):
+    if is_lambda(fn):
         raise ValueError(
             f"@losskit.{kind} cannot make a saveable {kind} from a lambda: it has no name to "
             "register and Keras refuses to load lambdas in safe mode. Define it with "
@@ -92,7 +92,7 @@ def bind_parameters(cls, args, params):
             f"{list(cls.defaults) + list(cls.base_parameters)}."
         )
     for key, value in params.items():
-        if _is_lambda(value):
+        if is_lambda(value):
             raise ValueError(
                 f"{cls.__name__}: parameter '{key}' is a lambda, which cannot be saved and "
                 "reloaded in safe mode; pass a named function registered with "

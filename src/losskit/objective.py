@@ -13,13 +13,10 @@ import keras
 from keras import ops
 
 from losskit import _contract, _keras, _precision, backend, schedules, sources
+from losskit._wrap import is_lambda
 from losskit.loss import FunctionLoss
 
 _register = keras.saving.register_keras_serializable(package="losskit")
-
-
-def _is_lambda(fn):
-    return getattr(fn, "__name__", "") == "<lambda>"
 
 
 def _target(fn):
@@ -224,7 +221,7 @@ def _serialize_fn(term, fn):
         "Define it with `def` and decorate it with "
         "@keras.saving.register_keras_serializable(package='my_pkg'), or use @losskit.loss."
     )
-    if _is_lambda(fn):
+    if is_lambda(fn):
         raise ValueError(f"Term '{term}': its function is a lambda, which cannot be saved. {fix}")
     config = keras.saving.serialize_keras_object(fn)
     if not isinstance(fn, keras.losses.Loss):

@@ -15,39 +15,34 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
+def _switched_on(flag):
+    """Sets the thread-local `flag` for the duration of the context (nesting restores it)."""
+    previous = getattr(_state, flag, False)
+    setattr(_state, flag, True)
+    try:
+        yield
+    finally:
+        setattr(_state, flag, previous)
+
+
+def _active(flag):
+    return getattr(_state, flag, False)
+
+
 def plain_autodiff():
     """Within this context every `@custom_gradient` function ignores its hand-written gradient and
     is differentiated by plain autodiff of its forward pass. `check_gradients` uses it to obtain the
     reference gradient; it is also handy to debug a suspicious gradient rule in a training loop.
     It acts when a function is traced: a `tf.function`/`jax.jit` step traced before entering the
     context keeps the hand-written rule (build and compile the model inside the context)."""
-    previous = getattr(_state, "plain", False)
-    _state.plain = True
-    try:
-        yield
-    finally:
-        _state.plain = previous
+    return _switched_on("plain")
 
 
-def _plain_active():
-    return getattr(_state, "plain", False)
-
-
-@contextlib.contextmanager
 def declared_none_as_nan():
     """Within this context a `None` that a grad_fn returns becomes a NaN gradient, so that
     `check_gradients` can see which of its inputs reach a rule that declares no gradient (NaN
     survives every chain-rule product, where a zero would vanish). Acts at trace time."""
-    previous = getattr(_state, "none_as_nan", False)
-    _state.none_as_nan = True
-    try:
-        yield
-    finally:
-        _state.none_as_nan = previous
-
-
-def _none_as_nan_active():
-    return getattr(_state, "none_as_nan", False)
+    return _switched_on("none_as_nan")
 
 
 def is_tensor_like(value):
@@ -121,7 +116,7 @@ def custom_gradient(f):
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        if _plain_active():
+        if _active("plain"):
             return f(*args, **kwargs)[0]
         values, call = bind(args, kwargs)
         tensor_pos = [i for i, v in enumerate(values) if is_tensor_like(v)]
@@ -130,7 +125,7 @@ def custom_gradient(f):
         if not wrt:
             return call(values)[0]
         fixed = [i for i in tensor_pos if i not in wrt]
-        none_as_nan = _none_as_nan_active()
+        none_as_nan = _active("none_as_nan")
 
         def inner(diff, constants):
             full = list(values)
