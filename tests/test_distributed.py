@@ -94,6 +94,68 @@ JOB = textwrap.dedent(
 )
 
 
+# Token-level: a small language model whose Dense head is trained through the fused
+# cross-entropy as a Term (per-token values), on sequences padded unevenly across the two
+# replicas (the second half of the batch is mostly padding). The Objective divides by the kept
+# tokens of the global batch, so the step equals one device's.
+JOB_TOKENS = textwrap.dedent(
+    """
+    import json, os, sys
+    mode = sys.argv[1]
+    if mode == "jax":
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import numpy as np
+    if mode == "mirrored":
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    import keras
+    import losskit
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 11, size=(4, 6)).astype("int32")
+    labels = rng.integers(0, 11, size=(4, 6)).astype("int32")
+    labels[2, 1:] = -100
+    labels[3, 2:] = -100
+
+    def build():
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((6,), dtype="int32", name="tokens")
+        x = keras.layers.Embedding(11, 5, name="embed")(inp)
+        h = keras.layers.Dense(8, activation="tanh", name="h")(x)
+        out = keras.layers.Dense(11, name="head")(h)
+        objective = losskit.Objective([losskit.Term(
+            losskit.losses.fused_linear_cross_entropy, hidden="layer.h",
+            kernel="var.head.kernel", bias="var.head.bias", labels="y", name="ce")])
+        model = losskit.ObjectiveModel(keras.Model(inp, out), objective)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        return model
+
+    def step(model):
+        h = model.fit({"tokens": tokens}, labels, batch_size=4, epochs=1, shuffle=False,
+                      verbose=0)
+        return {"weights": [w.tolist() for w in model.inner.get_weights()],
+                "logs": {k: v[-1] for k, v in h.history.items()}}
+
+    reference = step(build())
+    if mode == "jax":
+        import jax
+        replicas = len(jax.devices())
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+        distributed = step(build())
+    else:
+        replicas = strategy.num_replicas_in_sync
+        with strategy.scope():
+            model = build()
+        distributed = step(model)
+    print("RESULT " + json.dumps({"replicas": replicas, "reference": reference,
+                                  "distributed": distributed}))
+    """
+)
+
+
 def _env(backend, extra=None):
     env = dict(os.environ)
     env.update({"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
@@ -111,9 +173,9 @@ def _result(stdout, stderr):
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def _run(tmp_path, mode, backend):
+def _run(tmp_path, mode, backend, job=JOB):
     script = tmp_path / "job.py"
-    script.write_text(JOB)
+    script.write_text(job)
     proc = subprocess.run(
         [sys.executable, str(script), mode],
         env=_env(backend),
@@ -124,14 +186,19 @@ def _run(tmp_path, mode, backend):
     return _result(proc.stdout, proc.stderr)
 
 
-def _assert_same(result):
+def _assert_same_step(result, logs):
     assert result["replicas"] == 2
     ref, dist = result["reference"], result["distributed"]
     for a, b in zip(ref["weights"], dist["weights"]):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6)
-    assert set(ref["logs"]) == {"loss", "bce", "distill", "act", "distill_weight"}
+    assert set(ref["logs"]) == logs
     for key, value in ref["logs"].items():
         assert abs(dist["logs"][key] - value) <= 1e-6, (key, value, dist["logs"][key])
+
+
+def _assert_same(result):
+    _assert_same_step(result, {"loss", "bce", "distill", "act", "distill_weight"})
+    ref = result["reference"]
     # The logged total is the weighted sum of the logged terms.
     logs = ref["logs"]
     expected = logs["bce"] + logs["distill_weight"] * logs["distill"] + 0.1 * logs["act"]
@@ -146,6 +213,16 @@ def test_mirrored_strategy_two_cpus_equals_one_device(tmp_path):
 @only_backend("jax")
 def test_jax_data_parallel_two_devices_equals_one_device(tmp_path):
     _assert_same(_run(tmp_path, "jax", "jax"))
+
+
+@only_backend("tensorflow")
+def test_mirrored_token_level_uneven_padding_equals_one_device(tmp_path):
+    _assert_same_step(_run(tmp_path, "mirrored", "tensorflow", JOB_TOKENS), {"loss", "ce"})
+
+
+@only_backend("jax")
+def test_jax_data_parallel_token_level_uneven_padding_equals_one_device(tmp_path):
+    _assert_same_step(_run(tmp_path, "jax", "jax", JOB_TOKENS), {"loss", "ce"})
 
 
 def _free_ports(n):

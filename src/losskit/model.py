@@ -112,7 +112,10 @@ class ObjectiveModel(keras.Model):
         self.objective = objective
         self.nan_policy = nan_policy
         self._taps = objective.taps
-        self._tapped = self._tap(inner_model) if self._taps else None
+        # Training computes the model's output only if a term reads it: a fused head loss on a
+        # tapped hidden layer never materialises the head's logits (predict still returns them).
+        self._needs_pred = any(src.kind == "pred" for src in objective.sources)
+        self._tapped = self._tap(inner_model, self._needs_pred) if self._taps else None
         self._with_taps = False
         self._term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in objective.terms}
         self._weight_trackers = {
@@ -131,7 +134,7 @@ class ObjectiveModel(keras.Model):
         if inner_model.built:
             self.built = True
 
-    def _tap(self, inner):
+    def _tap(self, inner, with_pred):
         graph = isinstance(inner, keras.Sequential) or hasattr(inner, "_run_through_graph")
         if not graph:
             raise ValueError(
@@ -146,7 +149,7 @@ class ObjectiveModel(keras.Model):
                 "ObjectiveModel: build the Sequential inner model (keras.Input first)."
             )
         inputs = inner.inputs[0] if sequential else inner.input
-        outputs = {"pred": inner.outputs[0] if sequential else inner.output}
+        outputs = {"pred": inner.outputs[0] if sequential else inner.output} if with_pred else {}
         for name in self._taps:
             try:
                 outputs[f"layer.{name}"] = inner.get_layer(name).output
@@ -182,7 +185,9 @@ class ObjectiveModel(keras.Model):
         if self._tapped is None:
             return self.inner(inputs, training=training)
         outputs = self._tapped(inputs, training=training)
-        return outputs if self._with_taps else outputs["pred"]
+        if self._with_taps:
+            return outputs
+        return outputs["pred"] if "pred" in outputs else self.inner(inputs, training=training)
 
     def _stepping(self, step, *args):
         # Traced once per compiled function: taps exist only inside train/test steps.
@@ -229,6 +234,14 @@ class ObjectiveModel(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
         self._loss_tracker = _TotalTracker(name="loss")
+        metrics = kwargs.get("metrics") or kwargs.get("weighted_metrics")
+        if metrics and self._tapped is not None and not self._needs_pred:
+            self._tapped = self._tap(self.inner, with_pred=True)  # metrics read the output
+
+    @staticmethod
+    def _with_tap_keys(outputs):
+        """Whether `outputs` is the tapped model's dict (`"pred"` and `"layer.<name>"` keys)."""
+        return all(k == "pred" or k.startswith("layer.") for k in outputs)
 
     def compile_from_config(self, config):
         # Keras skips compile() on load for models that override it; ours is safe to replay.
@@ -261,9 +274,9 @@ class ObjectiveModel(keras.Model):
         return traced if traced is not None else self.optimizer.iterations.value
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if isinstance(y_pred, dict) and "pred" in y_pred and self._tapped is not None:
+        if self._tapped is not None and isinstance(y_pred, dict) and self._with_tap_keys(y_pred):
             layers = {k[6:]: v for k, v in y_pred.items() if k.startswith("layer.")}
-            pred = y_pred["pred"]
+            pred = y_pred.get("pred")
         else:
             layers, pred = {}, y_pred
         step = self._step(training)
@@ -289,8 +302,8 @@ class ObjectiveModel(keras.Model):
             tracker.update_state(result.weights[name])  # the weight this step applied
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if isinstance(y_pred, dict) and "pred" in y_pred and self._tapped is not None:
-            y_pred = y_pred["pred"]
+        if self._tapped is not None and isinstance(y_pred, dict) and self._with_tap_keys(y_pred):
+            y_pred = y_pred.get("pred")
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):

@@ -109,6 +109,10 @@ class Term:
                 constants[key] = value
         self.constants = constants
         self._call_constants = {**loss_constants, **constants}
+        if "reduction" in params and "reduction" not in self._call_constants:
+            # A function that can reduce itself (the fused losses) gives the Objective its
+            # per-position values, which the Objective reduces by its own rule.
+            self._call_constants["reduction"] = "none"
         self.sources = self._route(params, routes, set(self._call_constants))
         self._sparse = getattr(fn, "sparse_labels", False)
 

@@ -23,6 +23,7 @@ import keras
 from keras import ops
 
 from losskit import _contract, _precision, _wrap
+from losskit._keras import set_keras_mask
 from losskit.loss import FunctionLoss, loss
 
 PACKAGE = "losskit.losses"
@@ -103,6 +104,13 @@ def safe_log(p):
     """log(p) where p > 0 and 0 elsewhere, with a finite gradient: for x log x terms with x = 0."""
     positive = p > 0
     return ops.where(positive, ops.log(ops.where(positive, p, ops.ones_like(p))), ops.zeros_like(p))
+
+
+def masked(values, keep):
+    """`values` with `keep` attached as their Keras mask: the positions a loss ignores, which
+    Keras's reductions and an `Objective` leave out of the denominator."""
+    set_keras_mask(values, keep)
+    return values
 
 
 def neg_log_binary(y_pred, from_logits):

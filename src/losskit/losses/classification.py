@@ -14,12 +14,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from losskit._keras import set_keras_mask
 from losskit.losses._common import (
     as_float,
     epsilon,
     family,
     loss_class,
+    masked,
     neg_log_binary,
     per_sample_mean,
     public,
@@ -100,8 +100,7 @@ def sparse_categorical_crossentropy(
     )
     values = -_weighted_sum(onehot, log_p)
     if valid is not None:
-        values = ops.where(valid, values, ops.zeros_like(values))
-        set_keras_mask(values, valid)
+        values = masked(ops.where(valid, values, ops.zeros_like(values)), valid)
     return values
 
 

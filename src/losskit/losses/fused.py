@@ -15,7 +15,7 @@ from keras import ops
 from losskit import backend
 from losskit.gradients import custom_gradient
 from losskit.losses import _fused_head as fh
-from losskit.losses._common import family, public, register
+from losskit.losses._common import family, masked, public, register
 
 _NAME = "fused_linear_cross_entropy"
 
@@ -271,7 +271,9 @@ def fused_linear_cross_entropy(
 
     losses = per_token(h, head.matrix, bias, y)
     if reduction == "none":
-        return ops.reshape(losses, labels_shape)
+        # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
+        # Keras reduction) leaves ignored tokens out of the denominator.
+        return masked(ops.reshape(losses, labels_shape), ops.not_equal(labels, ignore_index))
     total = ops.sum(losses)
     if reduction == "sum":
         return total

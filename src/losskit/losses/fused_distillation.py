@@ -13,7 +13,7 @@ from keras import ops
 from losskit import backend
 from losskit.gradients import custom_gradient
 from losskit.losses import _fused_head as fh
-from losskit.losses._common import family, public, register
+from losskit.losses._common import family, masked, public, register
 
 _NAME = "fused_linear_distillation"
 
@@ -223,7 +223,8 @@ def fused_linear_distillation(
 
     losses = distill(h_s, student.matrix, h_t, w_t, y)
     if reduction == "none":
-        return ops.reshape(losses, token_shape)
+        losses = ops.reshape(losses, token_shape)
+        return losses if labels is None else masked(losses, ops.not_equal(labels, ignore_index))
     total = ops.sum(losses)
     if reduction == "sum":
         return total
