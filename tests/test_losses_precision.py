@@ -45,7 +45,8 @@ def _case(name):
 def test_every_function_follows_the_precision_rule():
     for name, fn in L.ALL.items():
         assert fn.precision in ("float32", "input"), name
-    assert {n for n, f in L.ALL.items() if f.precision == "input"} <= set(L.FAMILIES["fused"])
+    fused = {*L.FAMILIES["fused"], *L.FAMILIES["fused_distillation"]}
+    assert {n for n, f in L.ALL.items() if f.precision == "input"} <= fused
 
 
 @pytest.mark.parametrize("name", sorted(set(CASES) | set(MORE)))
