@@ -102,7 +102,7 @@ JOB_TOKENS = textwrap.dedent(
     """
     import json, os, sys
     mode = sys.argv[1]
-    if mode == "jax":
+    if mode in ("jax", "model_parallel"):
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import numpy as np
     if mode == "mirrored":
@@ -125,7 +125,7 @@ JOB_TOKENS = textwrap.dedent(
         inp = keras.Input((6,), dtype="int32", name="tokens")
         x = keras.layers.Embedding(11, 5, name="embed")(inp)
         h = keras.layers.Dense(8, activation="tanh", name="h")(x)
-        out = keras.layers.Dense(11, name="head")(h)
+        out = keras.layers.Dense(12, name="head")(h)  # even: sharded over 2 devices
         objective = losskit.Objective([losskit.Term(
             losskit.losses.fused_linear_cross_entropy, hidden="layer.h",
             kernel="var.head.kernel", bias="var.head.bias", labels="y", name="ce")])
@@ -145,6 +145,19 @@ JOB_TOKENS = textwrap.dedent(
         replicas = len(jax.devices())
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
         distributed = step(build())
+    elif mode == "model_parallel":
+        import jax
+        replicas = len(jax.devices())
+        mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"], jax.devices())
+        layout = keras.distribution.LayoutMap(mesh)
+        layout["head/kernel"] = (None, "model")  # the vocabulary axis, split over 2 devices
+        layout["head/bias"] = ("model",)
+        keras.distribution.set_distribution(
+            keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
+        model = build()
+        kernel = model.inner.get_layer("head").kernel.value
+        assert len(kernel.sharding.device_set) == 2, kernel.sharding
+        distributed = step(model)
     else:
         replicas = strategy.num_replicas_in_sync
         with strategy.scope():
@@ -223,6 +236,11 @@ def test_mirrored_token_level_uneven_padding_equals_one_device(tmp_path):
 @only_backend("jax")
 def test_jax_data_parallel_token_level_uneven_padding_equals_one_device(tmp_path):
     _assert_same_step(_run(tmp_path, "jax", "jax", JOB_TOKENS), {"loss", "ce"})
+
+
+@only_backend("jax")
+def test_jax_model_parallel_vocabulary_sharded_head_equals_one_device(tmp_path):
+    _assert_same_step(_run(tmp_path, "model_parallel", "jax", JOB_TOKENS), {"loss", "ce"})
 
 
 def _free_ports(n):
