@@ -113,3 +113,14 @@ def updates_in_place():
     # XLA (jit_compile) updates loop carries in place, but a traced function cannot tell whether
     # it will be compiled with XLA, so TensorFlow always takes the schedule without running sums.
     return False
+
+
+def term_gradients(values_fn, variables, constants, values=None):
+    del values  # a second forward pass: the step's own is out of reach here
+    del constants
+    # A tape of its own: the training step's tape is not reachable from `compute_loss`.
+    with tf.GradientTape(persistent=True) as tape:
+        values = values_fn()
+    zero = tf.UnconnectedGradients.ZERO
+    grads = [tape.gradient(v, variables, unconnected_gradients=zero) for v in values]
+    return [[tf.stop_gradient(g) for g in gs] for gs in grads]
