@@ -2,6 +2,9 @@
 formula, computed in NumPy on a linear model small enough to differentiate by hand."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -11,6 +14,8 @@ from keras import ops
 from losskit import Objective, ObjectiveModel, Term
 from losskit.balancing import DWA, GradNorm, PCGrad, Uncertainty
 from losskit.schedules import Linear
+from tests.conftest import only_backend
+from tests.test_distributed import _env, _result
 
 N = 8
 RNG = np.random.default_rng(3)
@@ -290,3 +295,112 @@ def test_evaluate_uses_the_balanced_weights_without_updating_them():
     state = [v for v in m.non_trainable_variables if "gradnorm_weights" in v.path][0]
     w = ops.convert_to_numpy(state) * np.array([1.0, 0.5])
     np.testing.assert_allclose(logs["loss"], w @ [logs["fit"], logs["pull"]], rtol=1e-5)
+
+
+# ----- distribution -----------------------------------------------------------------------------
+
+# One SGD step per balancer on a global batch of 8 (MirroredStrategy: then one on 7 samples, split
+# 4 + 3), on one device and then on 2 replicas; prints the weights and logs of each.
+JOB = textwrap.dedent(
+    """
+    import json, os, sys
+    mode = sys.argv[1]
+    if mode == "jax":
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import numpy as np
+    if mode == "mirrored":
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    import keras
+    import losskit
+    from keras import ops
+    from losskit import balancing
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 3)).astype("float32")
+    Y = (rng.uniform(size=(8, 1)) > 0.5).astype("float32")
+    T = (1 - Y + 0.1 * rng.normal(size=(8, 1))).astype("float32")
+    W = rng.uniform(0.5, 2.0, size=8).astype("float32")
+
+    def sq(a, b):
+        return ops.mean((a - b) ** 2, axis=-1)
+
+    BALANCERS = {
+        "uncertainty": lambda: balancing.Uncertainty(),
+        "pcgrad": lambda: balancing.PCGrad(),
+        "gradnorm": lambda: balancing.GradNorm(alpha=1.0, shared="hidden", learning_rate=0.5),
+    }
+
+    def build(name):
+        keras.utils.set_random_seed(1)
+        inp = keras.Input((3,), name="features")
+        h = keras.layers.Dense(4, activation="tanh", name="hidden")(inp)
+        out = keras.layers.Dense(1, activation="sigmoid", name="out")(h)
+        objective = losskit.Objective([
+            losskit.Term(keras.losses.binary_crossentropy, name="bce"),
+            losskit.Term(sq, a="pred", b="x.t", name="pull",
+                         weight=losskit.schedules.Linear(0.5, 1.0, steps=10)),
+        ])
+        model = losskit.ObjectiveModel(keras.Model(inp, out), objective,
+                                       balance=BALANCERS[name](), log_grad_norms=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        return model
+
+    def step(model):
+        h = model.fit({"features": X, "t": T}, Y, sample_weight=W, batch_size=8,
+                      epochs=2, shuffle=False, verbose=0)
+        if mode == "mirrored":  # then a step on 7 samples: an uneven 4 + 3 split
+            h = model.fit({"features": X[:7], "t": T[:7]}, Y[:7], sample_weight=W[:7],
+                          batch_size=7, epochs=1, shuffle=False, verbose=0)
+        return {"weights": [w.tolist() for w in model.get_weights()],
+                "logs": {k: v[-1] for k, v in h.history.items()}}
+
+    out = {}
+    for name in BALANCERS:
+        reference = step(build(name))
+        if mode == "jax":
+            import jax
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(devices=jax.devices()))
+            distributed = step(build(name))
+            keras.distribution.set_distribution(None)
+        else:
+            with strategy.scope():
+                model = build(name)
+            distributed = step(model)
+        out[name] = {"reference": reference, "distributed": distributed}
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def _distributed(tmp_path, mode, backend_name):
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    proc = subprocess.run(
+        [sys.executable, str(script), mode],
+        env=_env(backend_name),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    for name, result in _result(proc.stdout, proc.stderr).items():
+        ref, dist = result["reference"], result["distributed"]
+        for a, b in zip(ref["weights"], dist["weights"]):
+            np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6, err_msg=name)
+        assert {"bce_weight", "pull_weight", "bce_grad_norm", "pull_grad_norm"} <= set(ref["logs"])
+        for key, value in ref["logs"].items():
+            assert abs(dist["logs"][key] - value) <= 1e-5 * max(1, abs(value)), (name, key)
+
+
+@only_backend("tensorflow")
+def test_balancers_mirrored_strategy_two_cpus_equal_one_device(tmp_path):
+    _distributed(tmp_path, "mirrored", "tensorflow")
+
+
+@only_backend("jax")
+def test_balancers_jax_data_parallel_two_devices_equal_one_device(tmp_path):
+    _distributed(tmp_path, "jax", "jax")
