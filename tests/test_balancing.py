@@ -121,6 +121,23 @@ def test_log_grad_norms_follow_the_schedule_weight():
     )
 
 
+@keras.saving.register_keras_serializable(package="losskit_tests")
+def bias_penalty(b):
+    return ops.sum(b**2)
+
+
+def test_log_grad_norms_of_a_term_that_reaches_only_some_weights():
+    # The penalty reaches the bias only: its gradient is 2 b, zero for the kernel.
+    objective = Objective([*terms().terms, Term(bias_penalty, b="var.shared.bias", weight=3.0)])
+    net = inner()
+    net.get_layer("shared").bias.assign(np.array([0.3], "float32"))
+    for balance in [None, PCGrad()]:
+        m = ObjectiveModel(net, objective, balance=balance, log_grad_norms=True)
+        m.compile(optimizer=keras.optimizers.SGD(0.0))
+        h = fit(m)
+        np.testing.assert_allclose(h["bias_penalty_grad_norm"][0], 3.0 * 0.6, rtol=1e-5)
+
+
 # ----- Uncertainty ------------------------------------------------------------------------------
 
 

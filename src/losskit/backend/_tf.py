@@ -121,6 +121,15 @@ def term_gradients(values_fn, variables, constants, values=None):
     # A tape of its own: the training step's tape is not reachable from `compute_loss`.
     with tf.GradientTape(persistent=True) as tape:
         values = values_fn()
-    zero = tf.UnconnectedGradients.ZERO
-    grads = [tape.gradient(v, variables, unconnected_gradients=zero) for v in values]
-    return [[tf.stop_gradient(g) for g in gs] for gs in grads]
+    out = []
+    for value in values:
+        # A term that does not reach a variable gets None (TF's ZERO option cannot make zeros
+        # for Keras variables).
+        grads = tape.gradient(value, variables)
+        out.append(
+            [
+                tf.zeros(v.shape, v.dtype) if g is None else tf.stop_gradient(g)
+                for v, g in zip(variables, grads)
+            ]
+        )
+    return out
