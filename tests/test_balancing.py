@@ -299,6 +299,10 @@ def test_bad_arguments_name_the_balancer():
         model(balance="pcgrad")
     with pytest.raises(TypeError, match="log_grad_norms must be True or False"):
         model(log_grad_norms=1)
+    shared = Uncertainty()
+    model(balance=shared)
+    with pytest.raises(ValueError, match="Uncertainty: this balancer already balances model"):
+        model(balance=shared)
 
 
 def test_evaluate_uses_the_balanced_weights_without_updating_them():

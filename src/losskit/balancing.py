@@ -66,6 +66,10 @@ class Step:
 
     def gradients(self, variables):
         key = tuple(id(v) for v in variables)
+        for known, grads in list(self._cache.items()):
+            if key not in self._cache and set(key) <= set(known):  # no second pass for a subset
+                index = [known.index(k) for k in key]
+                self._cache[key] = {n: [gs[i] for i in index] for n, gs in grads.items()}
         if key not in self._cache:
             ids = set(key)
             constants = [v for v in self.model.variables if id(v) not in ids]
@@ -84,6 +88,18 @@ class Step:
 class Balancer:
     """Base class. A balancer creates its state on the model in `bind`, and in `apply` returns
     `(total, {term: balancer weight})`; `callbacks()` are added to `fit`."""
+
+    def attach(self, model):
+        """Creates this balancer's state on `model`; one model per balancer, since the state
+        (model variables) would otherwise be shared or silently re-pointed."""
+        bound = getattr(self, "_model_name", None)
+        if bound is not None:
+            raise ValueError(
+                f"{type(self).__name__}: this balancer already balances model '{bound}'; give "
+                f"each ObjectiveModel its own, e.g. balance={type(self).__name__}(...)."
+            )
+        self.bind(model)
+        self._model_name = model.name
 
     def bind(self, model):
         del model
@@ -407,13 +423,15 @@ def combine(model, result, values_fn, training):
     w.r.t. the inner model's trainable weights.
     """
     step = Step(model, result, values_fn, training)
+    variables = model.inner.trainable_variables
+    if training and model.log_grad_norms and variables:
+        step.gradients(variables)  # first, so that a balancer's subset reuses them
     if model.balance is None:
         total, weights = result.total, {n: 1.0 for n in step.names}
     else:
         total, weights = model.balance.apply(step)
     applied = {n: step.schedule[n] * weights[n] for n in step.names}
     norms = None
-    variables = model.inner.trainable_variables
     if training and model.log_grad_norms and variables:
         grads = step.gradients(variables)
         norms = {n: ops.abs(applied[n]) * _norm(grads[n]) for n in step.names}

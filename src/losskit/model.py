@@ -150,7 +150,7 @@ class ObjectiveModel(keras.Model):
             aggregation="only_first_replica",
         )
         if self.balance is not None:
-            self.balance.bind(self)  # its state: weights of this model, saved with it
+            self.balance.attach(self)  # its state: weights of this model, saved with it
         if inner_model.built:
             self.built = True
 
