@@ -1,6 +1,6 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import gradients, losses, metrics, schedules, sources
+from losskit import balancing, gradients, losses, metrics, schedules, sources
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
@@ -10,6 +10,7 @@ from losskit.objective import Objective, Term
 __version__ = "0.1.0"
 
 __all__ = [
+    "balancing",
     "FunctionLoss",
     "FunctionMetric",
     "check_gradients",

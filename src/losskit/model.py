@@ -1,12 +1,13 @@
 """`ObjectiveModel`: trains an inner model on an `Objective` with plain `fit`/`evaluate`."""
 
+import dataclasses
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from losskit import backend
+from losskit import backend, balancing
 from losskit._keras import no_automatic_dependency_tracking
 from losskit.objective import Objective
 
@@ -94,15 +95,24 @@ class ObjectiveModel(keras.Model):
       `DataParallel` give the single-device update and logs.
     - Scheduled weights read the optimizer step inside the compiled step on every backend.
     - `nan_policy="raise"` stops `fit` at the first step where a term is NaN/Inf, naming it.
-    - Saves and loads (`.keras`, safe mode) with its objective and schedules.
+    - `balance=` sets the terms' weights during training (`losskit.balancing`); every term's
+      applied weight is then logged as `<name>_weight`.
+    - `log_grad_norms=True` logs `<name>_grad_norm`: the global L2 norm of the gradient of the
+      weighted term w.r.t. the inner model's trainable weights (costs per-term backward passes).
+    - Saves and loads (`.keras`, safe mode) with its objective, schedules and balancer state.
 
     Args:
         inner_model: the Keras model that makes the predictions.
         objective: a `losskit.Objective` (or a list of `losskit.Term`).
+        balance: None or a `losskit.balancing` balancer (`Uncertainty()`, `GradNorm(...)`,
+            `DWA(...)`, `PCGrad()`).
+        log_grad_norms: log each term's gradient norm in training.
         nan_policy: None or `"raise"`.
     """
 
-    def __init__(self, inner_model, objective, nan_policy=None, **kwargs):
+    def __init__(
+        self, inner_model, objective, balance=None, log_grad_norms=False, nan_policy=None, **kwargs
+    ):
         super().__init__(**kwargs)
         if not isinstance(objective, Objective):
             objective = Objective(objective)
@@ -111,6 +121,12 @@ class ObjectiveModel(keras.Model):
         self.inner = inner_model
         self.objective = objective
         self.nan_policy = nan_policy
+        if not isinstance(log_grad_norms, bool):
+            raise TypeError(
+                f"ObjectiveModel: log_grad_norms must be True or False, got {log_grad_norms!r}"
+            )
+        self.log_grad_norms = log_grad_norms
+        self.balance = balancing.get(balance)
         self._taps = objective.taps
         # Training computes the model's output only if a term reads it: a fused head loss on a
         # tapped hidden layer never materialises the head's logits (predict still returns them).
@@ -119,7 +135,12 @@ class ObjectiveModel(keras.Model):
         self._with_taps = False
         self._term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in objective.terms}
         self._weight_trackers = {
-            t.name: _Latest(f"{t.name}_weight") for t in objective.terms if callable(t.weight)
+            t.name: _Latest(f"{t.name}_weight")
+            for t in objective.terms
+            if callable(t.weight) or self.balance is not None
+        }
+        self._norm_trackers = {
+            t.name: _Latest(f"{t.name}_grad_norm") for t in objective.terms if log_grad_norms
         }
         # The step after the last training step, read by evaluation: under JAX the compiled test
         # step cannot read the optimizer's step (not part of its state); a model variable is.
@@ -131,6 +152,8 @@ class ObjectiveModel(keras.Model):
             name="objective_step",
             aggregation="only_first_replica",
         )
+        if self.balance is not None:
+            self.balance.attach(self)  # its state: weights of this model, saved with it
         if inner_model.built:
             self.built = True
 
@@ -273,25 +296,39 @@ class ObjectiveModel(keras.Model):
         traced = getattr(self, "_traced_step", None)
         return traced if traced is not None else self.optimizer.iterations.value
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def _split(self, y_pred):
+        """`(layers, pred)` from the forward pass's outputs (the tapped dict, or the output)."""
         if self._tapped is not None and isinstance(y_pred, dict) and self._with_tap_keys(y_pred):
             layers = {k[6:]: v for k, v in y_pred.items() if k.startswith("layer.")}
-            pred = y_pred.get("pred")
-        else:
-            layers, pred = {}, y_pred
+            return layers, y_pred.get("pred")
+        return {}, y_pred
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        layers, pred = self._split(y_pred)
         step = self._step(training)
         result = self.objective.compute(
             x, y, pred, sample_weight, step=step, layers=layers, variables=self.inner
         )
-        total = result.total
+        total, norms = result.total, None
+        if self.balance is not None or self.log_grad_norms:
+
+            def values_fn():  # the terms again, for per-term gradients (a second forward pass)
+                taps, out = self._split(self(x, training=True))
+                again = self.objective.compute(
+                    x, y, out, sample_weight, step=step, layers=taps, variables=self.inner
+                )
+                return [again.values[t.name] for t in self.objective.terms]
+
+            total, weights, norms = balancing.combine(self, result, values_fn, training)
+            result = dataclasses.replace(result, total=total, weights=weights)
         for loss in self.losses:  # regularizers and add_loss() of the inner model
             total = total + self._aggregate_additional_loss(loss)
         if training:
             self._objective_step.assign(ops.cast(step, "int32") + 1)
-        self._track(total, result)
+        self._track(total, result, norms)
         return total
 
-    def _track(self, total, result):
+    def _track(self, total, result, norms=None):
         # A replica's share times N_global / n_local, weighted by n_local, sums to the global
         # value over replicas whatever the split.
         scale = ops.divide_no_nan(result.global_batch, result.batch)
@@ -300,17 +337,21 @@ class ObjectiveModel(keras.Model):
             tracker.update_state(result.values[name] * scale, sample_weight=result.batch)
         for name, tracker in self._weight_trackers.items():
             tracker.update_state(result.weights[name])  # the weight this step applied
+        for name, tracker in self._norm_trackers.items():
+            if norms is not None:  # training steps only; evaluation keeps the last value
+                tracker.update_state(norms[name])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if self._tapped is not None and isinstance(y_pred, dict) and self._with_tap_keys(y_pred):
-            y_pred = y_pred.get("pred")
-        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        _, pred = self._split(y_pred)
+        return super().compute_metrics(x, y, pred, sample_weight=sample_weight)
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
             callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
+        if self.balance is not None:
+            callbacks.extend(self.balance.callbacks())
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, callbacks=None, **kwargs):
@@ -338,6 +379,10 @@ class ObjectiveModel(keras.Model):
             "inner_model": keras.saving.serialize_keras_object(self.inner),
             "objective": keras.saving.serialize_keras_object(self.objective),
             "nan_policy": self.nan_policy,
+            "balance": None
+            if self.balance is None
+            else keras.saving.serialize_keras_object(self.balance),
+            "log_grad_norms": self.log_grad_norms,
         }
 
     @classmethod

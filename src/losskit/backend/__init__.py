@@ -134,3 +134,16 @@ def updates_in_place():
     """Whether `add_rows` updates in place here. TensorFlow eager (and its graph executor) copy
     the whole buffer on every update, so fused losses pick a schedule without running sums."""
     return _impl().updates_in_place()
+
+
+def term_gradients(values_fn, variables, constants=(), values=None):
+    """Per-term gradients: `[[d values_fn()[k] / d v for v in variables] for each k]`.
+
+    `values_fn()` returns a list of scalars computed from the Keras `variables` (a second forward
+    pass). Called inside a training step; the result carries no gradient itself. `constants` are
+    the other Keras variables `values_fn` reads (non-trainable weights, seed states): JAX maps them
+    to their values in the step; the other backends read them as they are. `values`, the step's
+    own term values, spare torch the second pass (its autograd graph is still there). Gradients of
+    values that do not depend on a variable are zeros.
+    """
+    return _impl().term_gradients(values_fn, list(variables), list(constants), values)

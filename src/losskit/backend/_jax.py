@@ -144,3 +144,21 @@ def scale(x, factor):
 
 def updates_in_place():
     return True
+
+
+def term_gradients(values_fn, variables, constants, values=None):
+    del values  # a second forward pass: the step's own is out of reach here
+    import keras
+
+    # Inside the JAX trainer's StatelessScope the variables stand for traced values; a nested
+    # scope sees only its own mapping, so it maps the differentiated variables to jacrev's
+    # arguments and every other variable read to its current (traced) value.
+    fixed = [(v, v.value) for v in constants]
+
+    def values(arrays):
+        with keras.StatelessScope(state_mapping=[*zip(variables, arrays), *fixed]):
+            return jnp.stack([jnp.reshape(v, ()) for v in values_fn()])
+
+    jac = jax.jacrev(values)([v.value for v in variables])  # per variable: (terms, *shape)
+    jac = [jax.lax.stop_gradient(j) for j in jac]
+    return [[j[k] for j in jac] for k in range(jac[0].shape[0])] if jac else []

@@ -113,3 +113,23 @@ def updates_in_place():
     # XLA (jit_compile) updates loop carries in place, but a traced function cannot tell whether
     # it will be compiled with XLA, so TensorFlow always takes the schedule without running sums.
     return False
+
+
+def term_gradients(values_fn, variables, constants, values=None):
+    del values  # a second forward pass: the step's own is out of reach here
+    del constants
+    # A tape of its own: the training step's tape is not reachable from `compute_loss`.
+    with tf.GradientTape(persistent=True) as tape:
+        values = values_fn()
+    out = []
+    for value in values:
+        # A term that does not reach a variable gets None (TF's ZERO option cannot make zeros
+        # for Keras variables).
+        grads = tape.gradient(value, variables)
+        out.append(
+            [
+                tf.zeros(v.shape, v.dtype) if g is None else tf.stop_gradient(g)
+                for v, g in zip(variables, grads)
+            ]
+        )
+    return out

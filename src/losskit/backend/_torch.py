@@ -107,3 +107,20 @@ def scale(x, factor):
 
 def updates_in_place():
     return True
+
+
+def term_gradients(values_fn, variables, constants, values=None):
+    del constants
+    tensors = [v.value for v in variables]
+    # The step's own forward graph serves (no second pass); it is kept for the step's backward.
+    values = values_fn() if values is None else values
+    out = []
+    for value in values:
+        if not value.requires_grad:
+            out.append([torch.zeros_like(t) for t in tensors])
+            continue
+        grads = torch.autograd.grad(value, tensors, retain_graph=True, allow_unused=True)
+        out.append(
+            [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors, grads)]
+        )
+    return out
