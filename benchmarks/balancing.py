@@ -22,9 +22,7 @@ from overhead import build_mlp
 
 
 def child(args):
-    import time
 
-    import keras
     import numpy as np
 
     import losskit
@@ -69,23 +67,9 @@ def child(args):
             model.fit(inputs, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
 
         thunks[name] = epoch
-    start = time.perf_counter()
-    timing = common.interleaved(thunks, repeats=args.repeats, warmup=1)
-    result = {
-        "batch_size": batch,
-        "steps_per_measurement": steps,
-        "seconds_per_step": {n: t["median_s"] / steps for n, t in timing.items()},
-        "ratios": common.ratios(timing, "unbalanced"),
-        "raw": timing,
-        "wall_s": time.perf_counter() - start,
-    }
-    for n, r in result["ratios"].items():
-        print(
-            f"{keras.backend.backend():10s} {n:15s} {result['seconds_per_step'][n] * 1e3:7.3f} "
-            f"ms/step  ratio {r['ratio']:.3f}  rounds {r['ratio_per_round_min_max']}",
-            flush=True,
-        )
-    common.save_child("balancing", args.backend, result)
+    common.save_step_times(
+        "balancing", args.backend, thunks, "unbalanced", batch, steps, args.repeats
+    )
 
 
 def main():

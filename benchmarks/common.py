@@ -226,6 +226,30 @@ def ratios(result, baseline):
     return out
 
 
+def save_step_times(name, backend, thunks, baseline, batch, steps, repeats):
+    """Times `thunks` (each one `fit` epoch of `steps` steps) in interleaved rounds, prints
+    milliseconds per step and the ratio to `baseline`, and saves the child's result."""
+    import keras
+
+    start = time.perf_counter()
+    timing = interleaved(thunks, repeats=repeats, warmup=1)
+    result = {
+        "batch_size": batch,
+        "steps_per_measurement": steps,
+        "seconds_per_step": {n: t["median_s"] / steps for n, t in timing.items()},
+        "ratios": ratios(timing, baseline),
+        "raw": timing,
+        "wall_s": time.perf_counter() - start,
+    }
+    for n, r in result["ratios"].items():
+        print(
+            f"{keras.backend.backend():10s} {n:18s} {result['seconds_per_step'][n] * 1e3:7.3f} "
+            f"ms/step  ratio {r['ratio']:.3f}  rounds {r['ratio_per_round_min_max']}",
+            flush=True,
+        )
+    save_child(name, backend, result)
+
+
 def _status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

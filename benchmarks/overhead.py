@@ -31,7 +31,6 @@ def build_mlp(features, seed):
 
 
 def child(args):
-    import time
 
     import keras
     import numpy as np
@@ -81,23 +80,9 @@ def child(args):
             model.fit(inputs, targets, batch_size=batch, epochs=1, shuffle=False, verbose=0)
 
         thunks[name] = epoch
-    start = time.perf_counter()
-    timing = common.interleaved(thunks, repeats=args.repeats, warmup=1)
-    result = {
-        "batch_size": batch,
-        "steps_per_measurement": steps,
-        "seconds_per_step": {n: t["median_s"] / steps for n, t in timing.items()},
-        "ratios": common.ratios(timing, "keras_huber"),
-        "raw": timing,
-        "wall_s": time.perf_counter() - start,
-    }
-    for n, r in result["ratios"].items():
-        print(
-            f"{keras.backend.backend():10s} {n:18s} {result['seconds_per_step'][n] * 1e3:7.3f} "
-            f"ms/step  ratio {r['ratio']:.3f}  rounds {r['ratio_per_round_min_max']}",
-            flush=True,
-        )
-    common.save_child("overhead", args.backend, result)
+    common.save_step_times(
+        "overhead", args.backend, thunks, "keras_huber", batch, steps, args.repeats
+    )
 
 
 def main():
