@@ -41,6 +41,19 @@ def _norm(grads):
     return ops.sqrt(_dot(grads, grads))
 
 
+
+def _state(model, name, shape, initializer="zeros", dtype=None):
+    """A balancer's non-trainable state, a model weight so that it saves, loads and resumes; every
+    replica holds the same value."""
+    return model.add_weight(
+        shape=shape,
+        initializer=initializer,
+        dtype=dtype,
+        trainable=False,
+        name=name,
+        aggregation="only_first_replica",
+    )
+
 class Step:
     """What a balancer sees of one step (built by `combine`).
 
@@ -208,21 +221,8 @@ class DWA(Balancer):
         self.names = [t.name for t in model.objective.terms]
         k = len(self.names)
         # Row 0: L(e - 1), row 1: L(e - 2).
-        self.history = model.add_weight(
-            shape=(2, k),
-            initializer="ones",
-            trainable=False,
-            name="dwa_history",
-            aggregation="only_first_replica",
-        )
-        self.epochs = model.add_weight(
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="dwa_epochs",
-            aggregation="only_first_replica",
-        )
+        self.history = _state(model, "dwa_history", (2, k), initializer="ones")
+        self.epochs = _state(model, "dwa_epochs", (), dtype="int32")
 
     def apply(self, step):
         history = ops.cast(self.history.value, "float32")
@@ -353,28 +353,9 @@ class GradNorm(Balancer):
             )
         self._layer = layer
         k = len(model.objective.terms)
-        self.term_weights = model.add_weight(
-            shape=(k,),
-            initializer="ones",
-            trainable=False,
-            name="gradnorm_weights",
-            aggregation="only_first_replica",
-        )
-        self.initial = model.add_weight(
-            shape=(k,),
-            initializer="ones",
-            trainable=False,
-            name="gradnorm_initial_losses",
-            aggregation="only_first_replica",
-        )
-        self.started = model.add_weight(
-            shape=(),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="gradnorm_started",
-            aggregation="only_first_replica",
-        )
+        self.term_weights = _state(model, "gradnorm_weights", (k,), initializer="ones")
+        self.initial = _state(model, "gradnorm_initial_losses", (k,), initializer="ones")
+        self.started = _state(model, "gradnorm_started", (), dtype="int32")
 
     def apply(self, step):
         # A copy: torch would otherwise log a view of the variable, updated in place below.
