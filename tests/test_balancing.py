@@ -2,8 +2,6 @@
 formula, computed in NumPy on a linear model small enough to differentiate by hand."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -15,7 +13,7 @@ from losskit import Objective, ObjectiveModel, Term
 from losskit.balancing import DWA, GradNorm, PCGrad, Uncertainty
 from losskit.schedules import Linear
 from tests.conftest import only_backend
-from tests.test_distributed import _env, _result
+from tests.test_distributed import TWO_DEVICES, _run
 
 N = 8
 RNG = np.random.default_rng(3)
@@ -322,22 +320,8 @@ def test_evaluate_uses_the_balanced_weights_without_updating_them():
 
 # One SGD step per balancer on a global batch of 8 (MirroredStrategy: then one on 7 samples, split
 # 4 + 3), on one device and then on 2 replicas; prints the weights and logs of each.
-JOB = textwrap.dedent(
+JOB = TWO_DEVICES + textwrap.dedent(
     """
-    import json, os, sys
-    mode = sys.argv[1]
-    if mode == "jax":
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    import numpy as np
-    if mode == "mirrored":
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    import keras
-    import losskit
-    from keras import ops
     from losskit import balancing
 
     rng = np.random.default_rng(0)
@@ -399,16 +383,7 @@ JOB = textwrap.dedent(
 
 
 def _distributed(tmp_path, mode, backend_name):
-    script = tmp_path / "job.py"
-    script.write_text(JOB)
-    proc = subprocess.run(
-        [sys.executable, str(script), mode],
-        env=_env(backend_name),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    for name, result in _result(proc.stdout, proc.stderr).items():
+    for name, result in _run(tmp_path, mode, backend_name, JOB, timeout=400).items():
         ref, dist = result["reference"], result["distributed"]
         for a, b in zip(ref["weights"], dist["weights"]):
             np.testing.assert_allclose(np.array(b), np.array(a), rtol=0, atol=1e-6, err_msg=name)

@@ -98,7 +98,10 @@ JOB = textwrap.dedent(
 # cross-entropy as a Term (per-token values), on sequences padded unevenly across the two
 # replicas (the second half of the batch is mostly padding). The Objective divides by the kept
 # tokens of the global batch, so the step equals one device's.
-JOB_TOKENS = textwrap.dedent(
+# The start of a job run as `job.py MODE`: two devices for MODE, fixed before TensorFlow or JAX
+# initialise ("jax", "model_parallel": two forced host devices; "mirrored": two logical CPUs and
+# their `strategy`), then keras and losskit.
+TWO_DEVICES = textwrap.dedent(
     """
     import json, os, sys
     mode = sys.argv[1]
@@ -113,7 +116,12 @@ JOB_TOKENS = textwrap.dedent(
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     import keras
     import losskit
+    from keras import ops
+    """
+)
 
+JOB_TOKENS = TWO_DEVICES + textwrap.dedent(
+    """
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 11, size=(4, 6)).astype("int32")
     labels = rng.integers(0, 11, size=(4, 6)).astype("int32")
@@ -186,7 +194,7 @@ def _result(stdout, stderr):
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def _run(tmp_path, mode, backend, job=JOB):
+def _run(tmp_path, mode, backend, job=JOB, timeout=240):
     script = tmp_path / "job.py"
     script.write_text(job)
     proc = subprocess.run(
@@ -194,7 +202,7 @@ def _run(tmp_path, mode, backend, job=JOB):
         env=_env(backend),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
     return _result(proc.stdout, proc.stderr)
 
