@@ -257,8 +257,9 @@ def plot(out_dir, metrics, summaries):
     # orders of magnitude (hand-tuned 1/P, GradNorm's clip at 1e-3).
     fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
     for ax, arm in zip(axes.ravel(), ARMS):
-        for term, color in zip(TERMS, ("C0", "C1", "C2")):
-            common.plot_curves(ax, summaries[arm], f"{term}_weight", term, color=color)
+        # Distinct line styles: equal weights (recon = kl in the hand-tuned arm) overlap.
+        for term, color, ls in zip(TERMS, ("C0", "C1", "C2"), ("-", "--", ":")):
+            common.plot_curves(ax, summaries[arm], f"{term}_weight", term, color=color, ls=ls)
         ax.set(yscale="log", title=LABELS[arm], xlabel="epoch", ylabel="term weight")
         ax.legend(fontsize=7)
     files.append(common.save_figure(fig, out_dir, "weights.png"))
@@ -282,6 +283,10 @@ def plot(out_dir, metrics, summaries):
 # --- notes ----------------------------------------------------------------------------------------
 
 
+# Which direction is better; KL has none here (a lower KL is a tighter posterior, not a win).
+BETTER = {"accuracy": "higher", "recon": "lower", "step_ms": "lower"}
+
+
 def compare_notes(metrics):
     """One sentence per balanced or hand-tuned arm against `equal`, from the numbers only: a
     difference is called a difference only when it exceeds both arms' std over seeds combined."""
@@ -297,6 +302,9 @@ def compare_notes(metrics):
             verdict = "within the spread over seeds"
         else:
             verdict = "higher" if diff > 0 else "lower"
+            better = BETTER.get(metric)
+            if better is not None:
+                verdict += ": better" if (diff > 0) == (better == "higher") else ": worse"
         return f"{metric} {a['mean']:.{digits}f} ({diff:+.{digits}f}, {verdict})"
 
     notes = []
