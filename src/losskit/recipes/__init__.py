@@ -26,6 +26,7 @@ RECIPES = {
     "cancer-distillation": "losskit.recipes.cancer_distillation",
     "image-cross-entropy": "losskit.recipes.image_cross_entropy",
     "vae-annealing": "losskit.recipes.vae_annealing",
+    "multitask-balancing": "losskit.recipes.multitask_balancing",
 }
 
 
