@@ -337,6 +337,7 @@ JOB = TWO_DEVICES + textwrap.dedent(
         "uncertainty": lambda: balancing.Uncertainty(),
         "pcgrad": lambda: balancing.PCGrad(),
         "gradnorm": lambda: balancing.GradNorm(alpha=1.0, shared="hidden", learning_rate=0.5),
+        "dwa": lambda: balancing.DWA(),
     }
 
     def build(name):
@@ -355,8 +356,9 @@ JOB = TWO_DEVICES + textwrap.dedent(
         return model
 
     def step(model):
+        # Three epochs: DWA's weights move from the third epoch on.
         h = model.fit({"features": X, "t": T}, Y, sample_weight=W, batch_size=8,
-                      epochs=2, shuffle=False, verbose=0)
+                      epochs=3, shuffle=False, verbose=0)
         if mode == "mirrored":  # then a step on 7 samples: an uneven 4 + 3 split
             h = model.fit({"features": X[:7], "t": T[:7]}, Y[:7], sample_weight=W[:7],
                           batch_size=7, epochs=1, shuffle=False, verbose=0)
