@@ -12,16 +12,29 @@ from losskit._keras import no_automatic_dependency_tracking
 from losskit.objective import Objective
 
 
-class _TotalTracker(keras.metrics.Mean):
-    """The `loss` tracker. Keras feeds its loss tracker the replica loss times the number of
-    replicas, exact only when every replica gets as many samples; the objective feeds this one the
-    exact value (`feed`) and Keras's own update is ignored."""
+class _BatchMean(keras.metrics.Metric):
+    """The mean of per-batch values weighted by their batch sizes, fed by the model (`feed`).
+
+    Two variables and two additions a step: `keras.metrics.Mean` broadcasts sample weights, which
+    costs an eager step (torch) several small ops per logged term. Keras feeds the `loss` tracker
+    itself the replica loss times the number of replicas, exact only when every replica gets as
+    many samples; that update is ignored and the objective feeds the exact value instead.
+    """
+
+    def __init__(self, name, dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.total = self.add_variable((), "zeros", aggregation="sum", name="total")
+        self.count = self.add_variable((), "zeros", aggregation="sum", name="count")
 
     def update_state(self, *args, **kwargs):
         pass
 
-    def feed(self, value, sample_weight):
-        super().update_state(value, sample_weight=sample_weight)
+    def feed(self, value, batch):
+        self.total.assign_add(ops.cast(value, self.dtype) * batch)
+        self.count.assign_add(ops.cast(batch, self.dtype))
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.count)
 
 
 class _Latest(keras.metrics.Metric):
@@ -133,7 +146,7 @@ class ObjectiveModel(keras.Model):
         self._needs_pred = any(src.kind == "pred" for src in objective.sources)
         self._tapped = self._tap(inner_model, self._needs_pred) if self._taps else None
         self._with_taps = False
-        self._term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in objective.terms}
+        self._term_trackers = {t.name: _BatchMean(t.name) for t in objective.terms}
         self._weight_trackers = {
             t.name: _Latest(f"{t.name}_weight")
             for t in objective.terms
@@ -206,11 +219,11 @@ class ObjectiveModel(keras.Model):
     def call(self, inputs, training=None):
         inputs = self._inner_inputs(inputs)
         if self._tapped is None:
-            return self.inner(inputs, training=training)
-        outputs = self._tapped(inputs, training=training)
+            return _run(self.inner, inputs, training)
+        outputs = _run(self._tapped, inputs, training)
         if self._with_taps:
             return outputs
-        return outputs["pred"] if "pred" in outputs else self.inner(inputs, training=training)
+        return outputs["pred"] if "pred" in outputs else _run(self.inner, inputs, training)
 
     def _stepping(self, step, *args):
         # Traced once per compiled function: taps exist only inside train/test steps.
@@ -256,7 +269,7 @@ class ObjectiveModel(keras.Model):
                 "loss as a losskit.Term instead."
             )
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_tracker = _TotalTracker(name="loss")
+        self._loss_tracker = _BatchMean("loss")
         metrics = kwargs.get("metrics") or kwargs.get("weighted_metrics")
         if metrics and self._tapped is not None and not self._needs_pred:
             self._tapped = self._tap(self.inner, with_pred=True)  # metrics read the output
@@ -329,12 +342,16 @@ class ObjectiveModel(keras.Model):
         return total
 
     def _track(self, total, result, norms=None):
-        # A replica's share times N_global / n_local, weighted by n_local, sums to the global
-        # value over replicas whatever the split.
-        scale = ops.divide_no_nan(result.global_batch, result.batch)
-        self._loss_tracker.feed(total * scale, sample_weight=result.batch)
+        batch = result.batch
+        if result.replicas > 1:
+            # A replica's share times N_global / n_local, weighted by n_local, sums to the global
+            # value over replicas whatever the split.
+            scale = ops.divide_no_nan(result.global_batch, batch)
+            total = total * scale
+        self._loss_tracker.feed(total, batch)
         for name, tracker in self._term_trackers.items():
-            tracker.update_state(result.values[name] * scale, sample_weight=result.batch)
+            value = result.values[name]
+            tracker.feed(value * scale if result.replicas > 1 else value, batch)
         for name, tracker in self._weight_trackers.items():
             tracker.update_state(result.weights[name])  # the weight this step applied
         for name, tracker in self._norm_trackers.items():
@@ -391,6 +408,19 @@ class ObjectiveModel(keras.Model):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_model"))
         objective = keras.saving.deserialize_keras_object(config.pop("objective"))
         return cls(inner, objective, **config)
+
+
+def _run(model, inputs, training):
+    """`model(inputs, training=training)` inside this model's call.
+
+    This model's own `__call__` has already set the call up (training flag, autocast, losses), so
+    a built functional or Sequential model runs its graph directly: its `__call__` would repeat
+    that bookkeeping, which an eager (torch) step pays for at every step.
+    """
+    graph = isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+    if graph and model.built:
+        return model.call(inputs, training=training)
+    return model(inputs, training=training)
 
 
 def _refuse_empty(method, x):

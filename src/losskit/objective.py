@@ -270,13 +270,14 @@ def _first_batched(*structures):
 class Result:
     """What one evaluation of an `Objective` gives: the `total`, each term's `values` and the
     `weights` applied, and the batch sizes it reduced by (`batch` on this replica, `global_batch`
-    over all replicas). A model logs these without recomputing anything."""
+    over all `replicas`). A model logs these without recomputing anything."""
 
     total: object
     values: dict
     weights: dict
     batch: object
     global_batch: object
+    replicas: int = 1
 
 
 def _fit_sample_weight(term, sample_weight, values):
@@ -368,7 +369,7 @@ class Objective:
         n_local = ops.cast(ops.shape(first)[0], "float32")
         n_global = backend.all_reduce_sum(ctx, n_local)
         values, weights = {}, {}
-        total = 0.0
+        total = None
         for term in self.terms:
             v, mask = term.values(lookup)
             if len(v.shape) == 0:
@@ -379,8 +380,10 @@ class Objective:
             w = term.weight_at(step)
             values[term.name] = v
             weights[term.name] = w
-            total = total + w * v
-        return Result(total, values, weights, n_local, n_global)
+            # A constant weight of 1 adds no op: an eager step (torch) pays for every op.
+            weighted = v if isinstance(w, float) and w == 1.0 else w * v
+            total = weighted if total is None else total + weighted
+        return Result(total, values, weights, n_local, n_global, replicas)
 
     @staticmethod
     def _reduce(term, v, mask, sample_weight, n_global, ctx):
