@@ -276,6 +276,17 @@ def test_save_load_resume_equals_uninterrupted(name, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_saved_config_names_the_public_module(name):
+    """A saved balancer is `losskit>Name` in module `losskit.balancing`, whichever submodule
+    defines it, so `.keras` files stay the same; that config loads back in safe mode."""
+    balancer = BALANCERS[name]()
+    config = keras.saving.serialize_keras_object(balancer)
+    registered = f"losskit>{type(balancer).__name__}"
+    assert (config["module"], config["registered_name"]) == ("losskit.balancing", registered)
+    assert repr(keras.saving.deserialize_keras_object(config, safe_mode=True)) == repr(balancer)
+
+
 def test_bad_arguments_name_the_balancer():
     with pytest.raises(ValueError, match="DWA: temperature"):
         DWA(temperature=0)

@@ -10,7 +10,7 @@ convention): a padded item takes part in no sum, whatever its score. A list with
 from keras import ops
 
 from losskit.losses._common import as_float, family, loss_class, public, register
-from losskit.losses.metric_learning import masked_logsumexp
+from losskit.losses._pairwise import masked_logsumexp
 
 
 def _lists(name, y_true, y_pred):
