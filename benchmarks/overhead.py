@@ -49,10 +49,11 @@ def child(args):
         model.compile(optimizer="adam", loss=loss)
         return model, x, y
 
-    def objective(terms):
+    def objective(terms, side_data=False):
         model = losskit.ObjectiveModel(build_mlp(features, 0), losskit.Objective(terms))
         model.compile(optimizer="adam")
-        return model, {"features": x, "teacher": teacher}, y
+        # The single term gets the baseline's very inputs; side data is the 3-term set-up's.
+        return model, {"features": x, "teacher": teacher} if side_data else x, y
 
     huber = losskit.Term(losskit.losses.huber, name="huber")
     setups = {
@@ -69,7 +70,8 @@ def child(args):
                 losskit.Term(
                     losskit.losses.activation_l2, a="layer.hidden", weight=1e-3, name="act"
                 ),
-            ]
+            ],
+            side_data=True,
         ),
     }
     thunks = {}

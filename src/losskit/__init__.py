@@ -5,7 +5,8 @@ from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
 from losskit.model import ObjectiveModel
-from losskit.objective import Objective, Term
+from losskit.objective import Objective
+from losskit.term import Term
 
 __version__ = "0.1.0"
 

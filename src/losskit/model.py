@@ -1,91 +1,14 @@
 """`ObjectiveModel`: trains an inner model on an `Objective` with plain `fit`/`evaluate`."""
 
 import dataclasses
-import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from losskit import backend, balancing
 from losskit._keras import no_automatic_dependency_tracking
+from losskit._logs import BatchMean, Latest, NanGuard
 from losskit.objective import Objective
-
-
-class _BatchMean(keras.metrics.Metric):
-    """The mean of per-batch values weighted by their batch sizes, fed by the model (`feed`).
-
-    Two variables and two additions a step: `keras.metrics.Mean` broadcasts sample weights, which
-    costs an eager step (torch) several small ops per logged term. Keras feeds the `loss` tracker
-    itself the replica loss times the number of replicas, exact only when every replica gets as
-    many samples; that update is ignored and the objective feeds the exact value instead.
-    """
-
-    def __init__(self, name, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.total = self.add_variable((), "zeros", aggregation="sum", name="total")
-        self.count = self.add_variable((), "zeros", aggregation="sum", name="count")
-
-    def update_state(self, *args, **kwargs):
-        pass
-
-    def feed(self, value, batch):
-        self.total.assign_add(ops.cast(value, self.dtype) * batch)
-        self.count.assign_add(ops.cast(batch, self.dtype))
-
-    def result(self):
-        return ops.divide_no_nan(self.total, self.count)
-
-
-class _Latest(keras.metrics.Metric):
-    """Reports the last value it was given (a scheduled term's current weight)."""
-
-    def __init__(self, name, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        # Every replica holds the same weight, so their mean is that weight.
-        self.value = self.add_variable((), "zeros", aggregation="mean", name="value")
-
-    def update_state(self, value):
-        self.value.assign(ops.cast(value, self.value.dtype))
-
-    def result(self):
-        # A copy, not the variable's own buffer: under JAX that buffer is donated to the next
-        # compiled step, and `History` would keep a deleted array.
-        return ops.copy(self.value)
-
-    def reset_state(self):
-        pass  # a weight stays meaningful across epochs
-
-
-class _NanGuard(keras.callbacks.Callback):
-    """Stops `fit` or `evaluate` at the first batch where a term's logged value is NaN or
-    infinite, naming the term and the batch as Keras numbers it (the `batch` index its callbacks
-    receive, from 0 in each epoch) with the optimizer step."""
-
-    def __init__(self, names):
-        super().__init__()
-        self.names = [*names, "loss"]
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def _check(self, where, logs):
-        for name in self.names:
-            if name in (logs or {}):
-                value = float(np.asarray(ops.convert_to_numpy(logs[name])))
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"nan_policy='raise': term '{name}' became {value} in {where}. Check its "
-                        "inputs, weight and learning rate."
-                    )
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
-        self._check(f"fit, epoch {self._epoch + 1}, batch {batch} (optimizer step {step})", logs)
-
-    def on_test_batch_end(self, batch, logs=None):
-        self._check(f"evaluate, batch {batch}", logs)
 
 
 @keras.saving.register_keras_serializable(package="losskit")
@@ -146,14 +69,14 @@ class ObjectiveModel(keras.Model):
         self._needs_pred = any(src.kind == "pred" for src in objective.sources)
         self._tapped = self._tap(inner_model, self._needs_pred) if self._taps else None
         self._with_taps = False
-        self._term_trackers = {t.name: _BatchMean(t.name) for t in objective.terms}
+        self._term_trackers = {t.name: BatchMean(t.name) for t in objective.terms}
         self._weight_trackers = {
-            t.name: _Latest(f"{t.name}_weight")
+            t.name: Latest(f"{t.name}_weight")
             for t in objective.terms
             if callable(t.weight) or self.balance is not None
         }
         self._norm_trackers = {
-            t.name: _Latest(f"{t.name}_grad_norm") for t in objective.terms if log_grad_norms
+            t.name: Latest(f"{t.name}_grad_norm") for t in objective.terms if log_grad_norms
         }
         # The step after the last training step, read by evaluation: under JAX the compiled test
         # step cannot read the optimizer's step (not part of its state); a model variable is.
@@ -269,7 +192,7 @@ class ObjectiveModel(keras.Model):
                 "loss as a losskit.Term instead."
             )
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_tracker = _BatchMean("loss")
+        self._loss_tracker = BatchMean("loss")
         metrics = kwargs.get("metrics") or kwargs.get("weighted_metrics")
         if metrics and self._tapped is not None and not self._needs_pred:
             self._tapped = self._tap(self.inner, with_pred=True)  # metrics read the output
@@ -366,7 +289,7 @@ class ObjectiveModel(keras.Model):
         _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
-            callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
+            callbacks.append(NanGuard([t.name for t in self.objective.terms]))
         if self.balance is not None:
             callbacks.extend(self.balance.callbacks())
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
@@ -377,7 +300,7 @@ class ObjectiveModel(keras.Model):
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
             if self.nan_policy == "raise":
-                callbacks.append(_NanGuard([t.name for t in self.objective.terms]))
+                callbacks.append(NanGuard([t.name for t in self.objective.terms]))
         return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ----- saving -------------------------------------------------------------------------------
