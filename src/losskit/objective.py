@@ -132,8 +132,11 @@ class Objective:
         lookup = self._lookup(x, y, pred, layers, variables)
         replicas, ctx = backend.replica_context()
         first = _first_batched(pred, y, x)
-        n_local = ops.cast(ops.shape(first)[0], "float32")
-        n_global = backend.all_reduce_sum(ctx, n_local)
+        if ctx is None and first.shape[0] is not None:
+            n_local = n_global = float(first.shape[0])  # known when tracing: costs no op
+        else:
+            n_local = ops.cast(ops.shape(first)[0], "float32")
+            n_global = backend.all_reduce_sum(ctx, n_local)
         values, weights = {}, {}
         total = None
         for term in self.terms:
@@ -167,6 +170,8 @@ class Objective:
             kept = ops.broadcast_to(kept, ops.shape(v))
             v = ops.where(kept > 0, v, ops.zeros_like(v))  # an ignored NaN must not leak
             count = backend.all_reduce_sum(ctx, ops.sum(kept))
+        if isinstance(count, float) and count > 0:
+            return ops.sum(v) / count
         return ops.divide_no_nan(ops.sum(v), count)
 
     def _lookup(self, x, y, pred, layers, variables):
