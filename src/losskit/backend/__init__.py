@@ -108,15 +108,16 @@ def take(x, start, size, axis=0):
 
 def add_rows(buffer, start, rows, axis=0):
     """`buffer[start:start + k] += rows` along `axis` (`k = rows.shape[axis]`), in place where
-    the backend allows (torch; XLA updates loop-carried buffers in place), so a running sum costs
-    no second buffer."""
+    the backend allows (torch; XLA updates loop-carried buffers in place; TensorFlow outside XLA
+    along the first axis of a buffer from `zeros`), so a running sum costs no second buffer. The
+    caller reads `buffer` only through the result afterwards."""
     return _impl().add_rows(buffer, start, rows, axis)
 
 
 def add_matmul(acc, a, b, axis, block):
     """`acc += a @ b` (float32 or float64 `acc`) without an `acc`-sized temporary: torch updates
     `acc` in place (`addmm_`); elsewhere the product is added in blocks of `block` rows
-    (`axis=0`) or columns (`axis=1`) of `acc`, each updated in place by XLA."""
+    (`axis=0`) or columns (`axis=1`) of `acc`, each updated in place (`add_rows`)."""
     return _impl().add_matmul(acc, a, b, axis, block)
 
 
@@ -131,9 +132,23 @@ def scale(x, factor):
 
 
 def updates_in_place():
-    """Whether `add_rows` updates in place here. TensorFlow eager (and its graph executor) copy
-    the whole buffer on every update, so fused losses pick a schedule without running sums."""
+    """Whether fused losses keep running sums of whole gradients (their in-place schedule): true
+    where `add_rows` and `add_matmul` update in place in either layout and a chunk's elementwise
+    temporaries are fused or freed as they go (JAX, torch, TensorFlow under XLA). TensorFlow
+    outside XLA updates in place along the first axis only (`zeros` buffers) and keeps every
+    elementwise step of a chunk, so it takes the vocabulary-tile schedule."""
     return _impl().updates_in_place()
+
+
+def zeros(shape, dtype):
+    """A zero buffer owned by the caller, which `set_rows`/`add_rows`/`add_matmul` may then
+    update in place. TensorFlow updates in place outside XLA only buffers made here: graph
+    optimisations may turn `keras.ops.zeros` into a constant shared by every call. Backends
+    without their own `zeros` get `keras.ops.zeros`."""
+    impl = _impl()
+    if hasattr(impl, "zeros"):
+        return impl.zeros(shape, dtype)
+    return keras.ops.zeros(shape, dtype)
 
 
 def term_gradients(values_fn, variables, constants=(), values=None):

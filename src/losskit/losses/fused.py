@@ -76,8 +76,8 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         loss_i = _token_loss(lse_i, z_y, z_sum, vocab, zl, ls)
         return fh.put(carry[0], t0, lse_i, chunk), fh.put(carry[1], t0, loss_i, chunk)
 
-    # Two buffers, not one twice: torch updates them in place.
-    buffers = (ops.zeros((n,), dtype), ops.zeros((n,), dtype))
+    # Two buffers, not one twice: they are updated in place.
+    buffers = (backend.zeros((n,), dtype), backend.zeros((n,), dtype))
     lse, loss = fh.loop_blocks(n, chunk, token_step, buffers)
     loss = ops.where(valid, loss, ops.zeros_like(loss))
 
@@ -111,9 +111,9 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
             return dh, dw, db
 
         init = (
-            ops.zeros(ops.shape(h), dtype),
-            ops.zeros(ops.shape(w), w.dtype),
-            () if b is None else ops.zeros(ops.shape(b), b.dtype),
+            backend.zeros(ops.shape(h), dtype),
+            backend.zeros(ops.shape(w), w.dtype),
+            () if b is None else backend.zeros(ops.shape(b), b.dtype),
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
         return dh, dw, None if b is None else db, None
@@ -159,9 +159,9 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
 
     init = (
         ops.zeros((), dtype),
-        ops.zeros_like(h),
-        ops.zeros_like(w),
-        () if b is None else ops.zeros_like(b),
+        backend.zeros(ops.shape(h), h.dtype),
+        backend.zeros(ops.shape(w), w.dtype),
+        () if b is None else backend.zeros(ops.shape(b), b.dtype),
     )
     total, dh, dw, db = backend.sequential_fori_loop(fh.num_blocks(n, chunk), step, init)
 
