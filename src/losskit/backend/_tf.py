@@ -164,20 +164,38 @@ def add_rows(buffer, start, rows, axis=0):
     return tf.raw_ops.InplaceAdd(x=buffer, i=start + tf.range(tf.shape(rows)[0]), v=rows)
 
 
+def _transposed_operand(x):
+    """The operand of `x = transpose(y)` in a traced graph (else None): a loop reading blocks of
+    `x` would make XLA materialise the whole transpose before the loop; blocks of `y` are read
+    in place and contracted along their first axis instead."""
+    if tf.executing_eagerly() or x.op.type != "Transpose":
+        return None
+    perm = tf.get_static_value(x.op.inputs[1])
+    return x.op.inputs[0] if perm is not None and list(perm) == [1, 0] else None
+
+
 def add_matmul(acc, a, b, axis, block):
     if axis and not _in_xla():
         return acc + matmul(a, b, acc.dtype)  # no in-place column update outside XLA
     total = acc.shape[axis]
     block = min(block, total)
+    a_t = _transposed_operand(a) if axis == 0 else None
 
     def step(i, acc):
         # The last block is shifted back to end at `total`; its rows seen before add 0.
         start = tf.minimum(i * block, total - block)
-        fresh = tf.cast(start + tf.range(block) >= i * block, a.dtype)
-        if axis == 0:
-            part = matmul(take(a, start, block, 0) * fresh[:, None], b, acc.dtype)
+        fresh = None
+        if total % block:
+            fresh = tf.cast(start + tf.range(block) >= i * block, acc.dtype)
+        if axis == 0 and a_t is not None:
+            rows = tf.cast(take(a_t, start, block, 1), acc.dtype)
+            part = tf.matmul(rows, tf.cast(b, acc.dtype), transpose_a=True)
+        elif axis == 0:
+            part = matmul(take(a, start, block, 0), b, acc.dtype)
         else:
-            part = matmul(a, take(b, start, block, 1) * fresh[None, :], acc.dtype)
+            part = matmul(a, take(b, start, block, 1), acc.dtype)
+        if fresh is not None:
+            part = part * (fresh[:, None] if axis == 0 else fresh[None, :])
         return add_rows(acc, start, part, axis)
 
     return sequential_fori_loop(-(-total // block), step, acc)
