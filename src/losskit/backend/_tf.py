@@ -105,8 +105,11 @@ def take(x, start, size, axis=0):
     if _in_xla():
         sizes = [size if d == axis else x.shape[d] for d in range(len(x.shape))]
         if _is_16bit_float(x):
-            # As in the JAX backend: XLA:CPU would convert the whole 16-bit weight to float32
-            # around the slice and hoist that copy out of the loop; 16-bit integers it leaves.
+            # As in the JAX backend: XLA:CPU slices 16-bit floats by converting the whole operand
+            # to float32, and hoists that copy out of the loop. The barrier ties the operand to
+            # the loop index (nothing to hoist), and 16-bit integers (same bits) it slices as
+            # they are.
+            x, start = tf2xla.optimization_barrier(x, tf.convert_to_tensor(start))
             bits = tf2xla.dynamic_slice(tf.bitcast(x, tf.uint16), _starts(x, start, axis), sizes)
             return tf.bitcast(bits, x.dtype)
         return tf2xla.dynamic_slice(x, _starts(x, start, axis), sizes)
