@@ -10,6 +10,7 @@ is written with `keras.ops` and a custom gradient, so it runs on every Keras bac
 `jit`; see docs/large_vocabularies.md.
 """
 
+import keras
 from keras import ops
 
 from losskit import backend
@@ -83,26 +84,46 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
 
     def grad_fn(upstream):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
+        # A 16-bit `hidden` would need a float32 running sum of dh, twice the gradient's size:
+        # its own pass over token chunks (vocabulary blocks inside) completes each chunk's dh
+        # and writes it once, at the cost of one more matmul.
+        dh_apart = fh.accumulation_dtype(h) != keras.backend.standardize_dtype(h.dtype)
+
+        def tile_dlogits(h_i, t0, keep_t, v0, cols):
+            g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
+            z, w_j = fh.block_logits(h_i, head, b, v0, block, dtype)
+            dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
+                          vocab, zl, ls)
+            return dz, w_j
+
+        def dh_step(t0, keep_t, dh):
+            h_i = fh.rows(h, t0, chunk)
+
+            def vocab_step(v0, keep_v, acc):
+                dz, w_j = tile_dlogits(h_i, t0, None, v0, v0 + ops.arange(block, dtype="int32"))
+                return acc + head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+
+            acc = ops.zeros((ops.shape(h_i)[0], head.hidden_dim), dtype)
+            return fh.put(dh, t0, fh.loop_blocks(vocab, block, vocab_step, acc), chunk)
 
         def vocab_step(v0, keep_v, carry):
             dh, dw, db = carry
-            w_j = head.block(v0, block)
             cols = v0 + ops.arange(block, dtype="int32")
 
             def token_step(t0, keep_t, acc):
                 dh, gw, gb = acc
                 h_i = fh.rows(h, t0, chunk)
-                g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
-                z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
-                dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
-                              vocab, zl, ls)
+                dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, cols)
                 gw = gw + head.grad(dz, h_i, dtype)
                 gb = gb + ops.sum(dz, axis=0)
-                # Columns an earlier block covered already added their share to dh.
-                dh = fh.accumulate(dh, t0, head.back(fh.masked(keep_v, dz, 1), w_j, dtype), chunk)
+                if not dh_apart:
+                    # Columns an earlier block covered already added their share to dh.
+                    back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+                    dh = fh.accumulate(dh, t0, back, chunk)
                 return dh, gw, gb
 
-            gw = ops.zeros(ops.shape(w_j), dtype)
+            gw = ops.zeros((block, head.hidden_dim) if head.rows else (head.hidden_dim, block),
+                           dtype)
             dh, gw, gb = fh.loop_blocks(n, chunk, token_step, (dh, gw, ops.zeros((block,), dtype)))
             # Complete for this block: written once, in the weight's dtype.
             dw = backend.set_rows(dw, v0, gw, head.axis) if block < vocab else gw
@@ -111,11 +132,13 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
             return dh, dw, db
 
         init = (
-            backend.zeros(ops.shape(h), dtype),
+            () if dh_apart else backend.zeros(ops.shape(h), dtype),
             backend.zeros(ops.shape(w), w.dtype),
             () if b is None else backend.zeros(ops.shape(b), b.dtype),
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
+        if dh_apart:
+            dh = fh.loop_blocks(n, chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
         return dh, dw, None if b is None else db, None
 
     return loss, grad_fn
