@@ -7,6 +7,7 @@ the replica context of `tf.distribute`, `lgamma`, a loop that must run one itera
 framework. Adding a backend path is adding the function to each of the three modules.
 """
 
+import contextlib
 import importlib
 
 import keras
@@ -138,6 +139,16 @@ def updates_in_place():
     outside XLA updates in place along the first axis only (`zeros` buffers) and keeps every
     elementwise step of a chunk, so it takes the vocabulary-tile schedule."""
     return _impl().updates_in_place()
+
+
+def after(*tensors):
+    """A context whose ops run only once `tensors` are computed. TensorFlow graphs otherwise run
+    independent loops at the same time, each holding its temporaries; elsewhere (and on backends
+    without their own `after`) ops already run in program order: a no-op."""
+    impl = _impl()
+    if hasattr(impl, "after"):
+        return impl.after(tensors)
+    return contextlib.nullcontext()
 
 
 def zeros(shape, dtype):

@@ -129,12 +129,19 @@ def _scatter(op, buffer, start, rows, axis):
     return tf.transpose(out) if axis else out
 
 
+def after(tensors):
+    return tf.control_dependencies(list(tensors))
+
+
 def zeros(shape, dtype):
     if _in_xla():
         return tf.zeros(shape, dtype)
-    # A stateful allocation: graph optimisations neither fold it into a constant shared by every
-    # call nor merge it with another buffer, so the in-place ops below may write it.
-    return tf.raw_ops.Empty(shape=tf.cast(shape, tf.int32), dtype=dtype, init=True)
+    # Filled from a zero of its own that is made by a stateful op: graph optimisations then
+    # neither fold the buffer into a constant shared by every call nor merge it with another
+    # buffer, so the in-place ops below may write it. (`Empty` itself would do, but a graph
+    # copies a 16-bit one.)
+    zero = tf.raw_ops.Empty(shape=[], dtype=dtype, init=True)
+    return tf.fill(tf.cast(shape, tf.int32), zero)
 
 
 def set_rows(buffer, start, rows, axis=0):

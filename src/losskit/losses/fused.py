@@ -86,34 +86,38 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
         # A 16-bit `hidden` would need a float32 running sum of dh, twice the gradient's size:
         # its own pass over token chunks (vocabulary blocks inside) completes each chunk's dh
-        # and writes it once, at the cost of one more matmul.
+        # and writes it once, at the cost of one more matmul. Its chunks are smaller: a chunk's
+        # float32 dh and hidden states are its temporaries.
         dh_apart = fh.accumulation_dtype(h) != keras.backend.standardize_dtype(h.dtype)
+        dh_chunk, dh_block = (chunk, block) if chunk is None else fh.tiles(
+            n, head.hidden_dim, vocab, max(1, chunk // 4))
 
-        def tile_dlogits(h_i, t0, keep_t, v0, cols):
+        def tile_dlogits(h_i, t0, keep_t, v0, chunk, block):
             g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
             z, w_j = fh.block_logits(h_i, head, b, v0, block, dtype)
+            cols = v0 + ops.arange(block, dtype="int32")
             dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
                           vocab, zl, ls)
             return dz, w_j
 
         def dh_step(t0, keep_t, dh):
-            h_i = fh.rows(h, t0, chunk)
+            h_i = fh.rows(h, t0, dh_chunk)
 
             def vocab_step(v0, keep_v, acc):
-                dz, w_j = tile_dlogits(h_i, t0, None, v0, v0 + ops.arange(block, dtype="int32"))
+                dz, w_j = tile_dlogits(h_i, t0, None, v0, dh_chunk, dh_block)
                 return acc + head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
 
             acc = ops.zeros((ops.shape(h_i)[0], head.hidden_dim), dtype)
-            return fh.put(dh, t0, fh.loop_blocks(vocab, block, vocab_step, acc), chunk)
+            acc = fh.loop_blocks(vocab, dh_block, vocab_step, acc)
+            return fh.put(dh, t0, acc, dh_chunk)
 
         def vocab_step(v0, keep_v, carry):
             dh, dw, db = carry
-            cols = v0 + ops.arange(block, dtype="int32")
 
             def token_step(t0, keep_t, acc):
                 dh, gw, gb = acc
                 h_i = fh.rows(h, t0, chunk)
-                dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, cols)
+                dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, chunk, block)
                 gw = gw + head.grad(dz, h_i, dtype)
                 gb = gb + ops.sum(dz, axis=0)
                 if not dh_apart:
@@ -138,7 +142,8 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
         if dh_apart:
-            dh = fh.loop_blocks(n, chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
+            with backend.after(dw):  # one pass at a time: each holds its own temporaries
+                dh = fh.loop_blocks(n, dh_chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
         return dh, dw, None if b is None else db, None
 
     return loss, grad_fn
