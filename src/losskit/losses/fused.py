@@ -231,16 +231,18 @@ def fused_linear_cross_entropy(
 
     The `N x V` logits are never materialised, and the gradient is written by hand:
 
-    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX and torch: tokens are
-      processed in chunks and each chunk's gradients are computed while its logits exist, so
-      the backward pass only scales them (Liger-Kernel): three matmuls, as many as the naive
-      computation; the weight gradient is a running sum updated in place.
-    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow): the forward pass computes each
-      token's log-sum-exp over vocabulary blocks (online), and the backward pass recomputes the
-      logits one vocabulary block at a time, all tokens at once (Cut Cross-Entropy): four matmuls,
-      but every block's weight gradient is complete when computed, so it is accumulated in
-      float32 and written once in the weight's dtype, and the upstream gradient may weight tokens
-      freely.
+    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX, torch and TensorFlow
+      under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's gradients
+      are computed while its logits exist, so the backward pass only scales them (Liger-Kernel):
+      three matmuls, as many as the naive computation; the weight gradient is a running sum
+      updated in place.
+    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow outside XLA): the forward pass
+      computes each token's log-sum-exp over vocabulary blocks (online), and the backward pass
+      recomputes the logits one vocabulary block at a time, token chunk by token chunk (Cut
+      Cross-Entropy): four matmuls, but every block's weight gradient is complete when computed,
+      so it is accumulated in float32 and written once in the weight's dtype, and the upstream
+      gradient may weight tokens freely. The gradient of 16-bit hidden states gets a pass of its
+      own over token chunks (a fifth matmul), so that no float32 `N x H` running sum exists.
 
     Logits, log-sum-exp, the loss sum and the weight gradient accumulate in float32 whatever the
     input dtype (float64 for float64 inputs); gradients come back in each input's dtype.
@@ -253,7 +255,7 @@ def fused_linear_cross_entropy(
         kernel: `(H, V)` projection (a `Dense(V)` layer's kernel), instead of `weight`.
         chunk_size: tokens per chunk. Default: on the in-place path a power of two making a
             chunk's logits about as large as `hidden` (at most 4096); on the vocabulary-block
-            path 1024 (TensorFlow outside XLA: all tokens at once).
+            path 1024 (a TensorFlow graph of unknown batch size: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
