@@ -121,3 +121,25 @@ def test_16bit_hidden_gradient_in_its_own_pass(mode, layout):
     for g, w in zip(got_grads, want_grads):
         assert g.dtype == inputs16[0].dtype
         np.testing.assert_allclose(g.astype("float32"), w, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+@pytest.mark.parametrize("vocab", [28, 29, 32])
+def test_kernel_columns_written_in_place_equal_the_weight_rows(mode, vocab):
+    """Outside XLA the kernel's column blocks are written in place through a reshaped view (rows
+    of gcd(V, block) elements: 4, 1 and 8 here, the last block shifted back): same gradients as
+    the weight layout."""
+    hidden, weight, bias, labels = problem(21, 8, vocab)
+
+    def loss(layout):
+        def fn(h, w, b):
+            head = {layout: w if layout == "weight" else ops.transpose(w)}
+            return fused_linear_cross_entropy(h, labels=labels, bias=b, chunk_size=8,
+                                              reduction="none", **head)
+        return fn
+
+    got, got_grads = run(mode, loss("kernel"), (hidden, weight, bias))
+    want, want_grads = run(mode, loss("weight"), (hidden, weight, bias))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

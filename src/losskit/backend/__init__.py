@@ -110,8 +110,9 @@ def take(x, start, size, axis=0):
 def add_rows(buffer, start, rows, axis=0):
     """`buffer[start:start + k] += rows` along `axis` (`k = rows.shape[axis]`), in place where
     the backend allows (torch; XLA updates loop-carried buffers in place; TensorFlow outside XLA
-    along the first axis of a buffer from `zeros`), so a running sum costs no second buffer. The
-    caller reads `buffer` only through the result afterwards."""
+    a buffer from `zeros`, with `start` a multiple of `k` or the axis's size minus `k`), so a
+    running sum costs no second buffer. The caller reads `buffer` only through the result
+    afterwards."""
     return _impl().add_rows(buffer, start, rows, axis)
 
 
@@ -134,10 +135,10 @@ def scale(x, factor):
 
 def updates_in_place():
     """Whether fused losses keep running sums of whole gradients (their in-place schedule): true
-    where `add_rows` and `add_matmul` update in place in either layout and a chunk's elementwise
-    temporaries are fused or freed as they go (JAX, torch, TensorFlow under XLA). TensorFlow
-    outside XLA updates in place along the first axis only (`zeros` buffers) and keeps every
-    elementwise step of a chunk, so it takes the vocabulary-tile schedule."""
+    where `add_rows` and `add_matmul` update in place and a chunk's elementwise temporaries are
+    fused or freed as they go (JAX, torch, TensorFlow under XLA). TensorFlow outside XLA updates
+    buffers from `zeros` in place too, but keeps every elementwise step of a chunk, so it takes
+    the vocabulary-tile schedule."""
     return _impl().updates_in_place()
 
 

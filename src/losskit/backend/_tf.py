@@ -1,6 +1,7 @@
 """TensorFlow implementations of `losskit.backend`."""
 
 import contextlib
+import math
 
 import tensorflow as tf
 
@@ -119,8 +120,7 @@ def take(x, start, size, axis=0):
 
 
 def _scatter(op, buffer, start, rows, axis):
-    # Copies the whole buffer. Outside XLA only for the kernel layout (axis 1), and where a tape
-    # differentiates the update (`plain_autodiff`): the in-place ops have no gradient.
+    # Copies the whole buffer (see `_copies`).
     rows = tf.cast(rows, buffer.dtype)
     if axis:
         buffer, rows = tf.transpose(buffer), tf.transpose(rows)
@@ -144,6 +144,31 @@ def zeros(shape, dtype):
     return tf.fill(tf.cast(shape, tf.int32), zero)
 
 
+def _in_place(op, buffer, start, rows, axis):
+    """`op` (`InplaceUpdate`/`InplaceAdd`, whose kernels write into their input) on rows
+    `start:start + k` of `buffer`, or on its columns (`axis=1`): a row-major `(R, C)` buffer
+    reshaped (sharing its memory) to rows of `g = gcd(C, k)` elements holds the columns as
+    `R * k / g` such rows. Needs `start` a multiple of `g`, as the blocks of `loop_blocks` are
+    (multiples of `k`, or `C - k`). `buffer` must be owned by the caller (made by `zeros`) and
+    read afterwards only through the result."""
+    if not axis:
+        return op(x=buffer, i=start + tf.range(tf.shape(rows)[0]), v=rows)
+    (r, c), k = buffer.shape, rows.shape[1]
+    g = math.gcd(c, k)
+    index = tf.range(r)[:, None] * (c // g) + start // g + tf.range(k // g)[None, :]
+    out = op(x=tf.reshape(buffer, [-1, g]), i=tf.reshape(index, [-1]),
+             v=tf.reshape(rows, [-1, g]))
+    return tf.reshape(out, buffer.shape)
+
+
+def _copies(buffer, rows, axis):
+    # Where the in-place ops cannot go: a tape differentiates the update (`plain_autodiff`; they
+    # have no gradient), or columns of unknown size.
+    if record.should_record_backprop([buffer, rows]):
+        return True
+    return bool(axis) and (None in buffer.shape or rows.shape[1] is None)
+
+
 def set_rows(buffer, start, rows, axis=0):
     rows = tf.cast(rows, buffer.dtype)
     if _in_xla():
@@ -155,11 +180,9 @@ def set_rows(buffer, start, rows, axis=0):
             )
             return tf.bitcast(bits, buffer.dtype)
         return tf2xla.dynamic_update_slice(buffer, rows, _starts(buffer, start, axis))
-    if axis or record.should_record_backprop([buffer, rows]):
+    if _copies(buffer, rows, axis):
         return _scatter(tf.tensor_scatter_nd_update, buffer, start, rows, axis)
-    # InplaceUpdate writes into `buffer` itself (the kernel aliases its input): `buffer` must be
-    # owned by the caller (made by `zeros`) and not read again except through the result.
-    return tf.raw_ops.InplaceUpdate(x=buffer, i=start + tf.range(tf.shape(rows)[0]), v=rows)
+    return _in_place(tf.raw_ops.InplaceUpdate, buffer, start, rows, axis)
 
 
 def add_rows(buffer, start, rows, axis=0):
@@ -168,10 +191,9 @@ def add_rows(buffer, start, rows, axis=0):
         starts = _starts(buffer, start, axis)
         current = tf2xla.dynamic_slice(buffer, starts, tf.shape(rows))
         return tf2xla.dynamic_update_slice(buffer, current + rows, starts)
-    if axis or record.should_record_backprop([buffer, rows]):
+    if _copies(buffer, rows, axis):
         return _scatter(tf.tensor_scatter_nd_add, buffer, start, rows, axis)
-    # In place, as `set_rows`.
-    return tf.raw_ops.InplaceAdd(x=buffer, i=start + tf.range(tf.shape(rows)[0]), v=rows)
+    return _in_place(tf.raw_ops.InplaceAdd, buffer, start, rows, axis)
 
 
 def _transposed_operand(x):
@@ -185,8 +207,6 @@ def _transposed_operand(x):
 
 
 def add_matmul(acc, a, b, axis, block):
-    if axis and not _in_xla():
-        return acc + matmul(a, b, acc.dtype)  # no in-place column update outside XLA
     total = acc.shape[axis]
     block = min(block, total)
     a_t = _transposed_operand(a) if axis == 0 else None
@@ -219,10 +239,10 @@ def scale(x, factor):
 
 
 def updates_in_place():
-    # Outside XLA rows are updated in place too (InplaceAdd/InplaceUpdate on buffers from `zeros`),
-    # but only along the first axis, and every elementwise step of a chunk is a buffer of its own:
-    # a chunk's logits as large as `hidden` would cost several times that. The vocabulary-tile
-    # schedule keeps its tiles an eighth of that, so it is the smaller one there.
+    # Outside XLA rows and columns are updated in place too (InplaceAdd/InplaceUpdate on buffers
+    # from `zeros`), but every elementwise step of a chunk is a buffer of its own: a chunk's
+    # logits as large as `hidden` would cost several times that. The vocabulary-tile schedule
+    # keeps its tiles an eighth of that, so it is the smaller one there.
     return _in_xla()
 
 
