@@ -7,10 +7,13 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
   V = 32768; candidates interleaved over `--repeats` rounds, median);
 - XLA's compiled `temp_size_in_bytes` <= 1.0x the bytes of the gradients returned, float32 and
   bfloat16, at N = 8192, H = 1024, V = 32768 (`--part compiled`, compile only, JAX);
-- the same bound in every execution mode (`--part modes`): peak extra resident memory of one call,
-  in a fresh process per (backend, mode, dtype, candidate) (the kernel's high-water mark reset
-  just before the call), against the gradients' bytes; TF eager `GradientTape`, `tf.function`,
-  `tf.function(jit_compile=True)`, JAX eager and jit, torch eager; N = 4096, H = 512, V = 32768;
+- the same bound in every execution mode (`--part modes`): peak extra memory of one call, in a
+  fresh process per (backend, mode, dtype, candidate), against the gradients' bytes; TF eager
+  `GradientTape`, `tf.function`, `tf.function(jit_compile=True)`, JAX eager and jit, torch eager;
+  N = 4096, H = 512, V = 32768. Resident memory (the kernel's high-water mark reset just before
+  the call), except under TensorFlow: its allocator's own peak (its pool reuses freed memory the
+  resident size cannot see; `rss_peak_extra_mib` is recorded too), and compiled TF functions are
+  called once before (compilation and graph optimisation are not the call);
 - bfloat16 accuracy at full size (`--part precision`): the loss vs a float64 computation on the
   same rounded inputs.
 
@@ -155,16 +158,34 @@ def probe(args):
     n, h, v = args.mode_shape
     inputs = make_inputs(n, h, v, args.probe_dtype)
     step = step_fn(args.probe, args.probe_mode)
+    tf_pool = None
     if keras.backend.backend() == "jax" and args.probe_mode == "jit":
         step = step.lower(*inputs).compile()
-    elif keras.backend.backend() == "tensorflow" and args.probe_mode != "eager":
-        step.get_concrete_function(*inputs)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if args.probe_mode != "eager":
+            # A first call: TensorFlow compiles (XLA) and optimises (Grappler) a function when
+            # it first runs it, so the measured call is the step itself, without the compiler.
+            common.block(step(*inputs))
+        # TensorFlow's CPU allocator (oneDNN's pool) keeps freed memory and reuses it, so the
+        # resident size misses a call's buffers that fit in memory freed before (the inputs'
+        # float32 originals, a first call). Its own peak counts every tensor and XLA buffer.
+        tf_pool = tf.config.experimental
     gc.collect()
+    if tf_pool:
+        tf_pool.reset_memory_stats("CPU:0")
+        pool_before = tf_pool.get_memory_info("CPU:0")["current"]
     before = common.reset_peak_rss()
     out = common.block(step(*inputs))
     peak = common.peak_rss()
     loss = float(keras.ops.convert_to_numpy(keras.ops.cast(out[0], "float32")))
-    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20, "loss": loss}))
+    row = {"peak_extra_mib": (peak - before) / 2**20, "loss": loss}
+    if tf_pool:
+        row["rss_peak_extra_mib"] = row["peak_extra_mib"]
+        row["peak_extra_mib"] = (tf_pool.get_memory_info("CPU:0")["peak"] - pool_before) / 2**20
+        row["measure"] = "tensorflow allocator peak"
+    print(json.dumps(row))
 
 
 def part_modes(args):

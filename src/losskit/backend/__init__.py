@@ -7,6 +7,7 @@ the replica context of `tf.distribute`, `lgamma`, a loop that must run one itera
 framework. Adding a backend path is adding the function to each of the three modules.
 """
 
+import contextlib
 import importlib
 
 import keras
@@ -108,15 +109,17 @@ def take(x, start, size, axis=0):
 
 def add_rows(buffer, start, rows, axis=0):
     """`buffer[start:start + k] += rows` along `axis` (`k = rows.shape[axis]`), in place where
-    the backend allows (torch; XLA updates loop-carried buffers in place), so a running sum costs
-    no second buffer."""
+    the backend allows (torch; XLA updates loop-carried buffers in place; TensorFlow outside XLA
+    a buffer from `zeros`, with `start` a multiple of `k` or the axis's size minus `k`), so a
+    running sum costs no second buffer. The caller reads `buffer` only through the result
+    afterwards."""
     return _impl().add_rows(buffer, start, rows, axis)
 
 
 def add_matmul(acc, a, b, axis, block):
     """`acc += a @ b` (float32 or float64 `acc`) without an `acc`-sized temporary: torch updates
     `acc` in place (`addmm_`); elsewhere the product is added in blocks of `block` rows
-    (`axis=0`) or columns (`axis=1`) of `acc`, each updated in place by XLA."""
+    (`axis=0`) or columns (`axis=1`) of `acc`, each updated in place (`add_rows`)."""
     return _impl().add_matmul(acc, a, b, axis, block)
 
 
@@ -131,9 +134,33 @@ def scale(x, factor):
 
 
 def updates_in_place():
-    """Whether `add_rows` updates in place here. TensorFlow eager (and its graph executor) copy
-    the whole buffer on every update, so fused losses pick a schedule without running sums."""
+    """Whether fused losses keep running sums of whole gradients (their in-place schedule): true
+    where `add_rows` and `add_matmul` update in place and a chunk's elementwise temporaries are
+    fused or freed as they go (JAX, torch, TensorFlow under XLA). TensorFlow outside XLA updates
+    buffers from `zeros` in place too, but keeps every elementwise step of a chunk, so it takes
+    the vocabulary-tile schedule."""
     return _impl().updates_in_place()
+
+
+def after(*tensors):
+    """A context whose ops run only once `tensors` are computed. TensorFlow graphs otherwise run
+    independent loops at the same time, each holding its temporaries; elsewhere (and on backends
+    without their own `after`) ops already run in program order: a no-op."""
+    impl = _impl()
+    if hasattr(impl, "after"):
+        return impl.after(tensors)
+    return contextlib.nullcontext()
+
+
+def zeros(shape, dtype):
+    """A zero buffer owned by the caller, which `set_rows`/`add_rows`/`add_matmul` may then
+    update in place. TensorFlow updates in place outside XLA only buffers made here: graph
+    optimisations may turn `keras.ops.zeros` into a constant shared by every call. Backends
+    without their own `zeros` get `keras.ops.zeros`."""
+    impl = _impl()
+    if hasattr(impl, "zeros"):
+        return impl.zeros(shape, dtype)
+    return keras.ops.zeros(shape, dtype)
 
 
 def term_gradients(values_fn, variables, constants=(), values=None):

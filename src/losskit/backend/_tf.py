@@ -1,8 +1,16 @@
 """TensorFlow implementations of `losskit.backend`."""
 
 import contextlib
+import math
 
 import tensorflow as tf
+
+# TensorFlow internals, used only here: XLA's dynamic (update-)slice ops, and the query of whether
+# the function being traced will be compiled by XLA and whether a tape records an op (no public
+# API answers either).
+from tensorflow.compiler.tf2xla.python import xla as tf2xla
+from tensorflow.python.eager import record
+from tensorflow.python.ops import control_flow_util
 
 from losskit.backend import pack_upstream
 
@@ -76,14 +84,43 @@ def matmul(a, b, dtype):
     return tf.matmul(tf.cast(a, dtype), tf.cast(b, dtype))
 
 
+def _in_xla():
+    """Whether the ops being built will be compiled by XLA (`tf.function(jit_compile=True)`, also
+    in its loops and gradient): `Function.__call__` enters an XLA control-flow context while it
+    traces such a function."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _starts(x, start, axis):
+    start = tf.cast(start, tf.int32)
+    return tf.stack([start if d == axis else tf.constant(0) for d in range(len(x.shape))])
+
+
+def _is_16bit_float(x):
+    return x.dtype.is_floating and x.dtype.size == 2
+
+
 def take(x, start, size, axis=0):
-    # `start + range(size)`, not `range(start, start + size)`: XLA needs a static size.
-    return tf.gather(x, start + tf.range(size), axis=axis)
+    if _in_xla():
+        sizes = [size if d == axis else x.shape[d] for d in range(len(x.shape))]
+        if _is_16bit_float(x):
+            # As in the JAX backend: XLA:CPU slices 16-bit floats by converting the whole operand
+            # to float32, and hoists that copy out of the loop. The barrier ties the operand to
+            # the loop index (nothing to hoist), and 16-bit integers (same bits) it slices as
+            # they are.
+            x, start = tf2xla.optimization_barrier(x, tf.convert_to_tensor(start))
+            bits = tf2xla.dynamic_slice(tf.bitcast(x, tf.uint16), _starts(x, start, axis), sizes)
+            return tf.bitcast(bits, x.dtype)
+        return tf2xla.dynamic_slice(x, _starts(x, start, axis), sizes)
+    # A slice along the first axis shares the input's buffer (no copy at all).
+    sizes = [size if d == axis else -1 for d in range(len(x.shape))]
+    return tf.slice(x, _starts(x, start, axis), sizes)
 
 
 def _scatter(op, buffer, start, rows, axis):
-    # TensorFlow has no in-place update outside XLA: this writes a new buffer (see
-    # updates_in_place); a scatter, so that XLA (jit_compile) can compile it.
+    # Copies the whole buffer (see `_copies`).
     rows = tf.cast(rows, buffer.dtype)
     if axis:
         buffer, rows = tf.transpose(buffer), tf.transpose(rows)
@@ -92,27 +129,121 @@ def _scatter(op, buffer, start, rows, axis):
     return tf.transpose(out) if axis else out
 
 
-def add_matmul(acc, a, b, axis, block):
-    del axis, block  # TensorFlow takes the schedule without running sums (updates_in_place)
-    return acc + matmul(a, b, acc.dtype)
+def after(tensors):
+    return tf.control_dependencies(list(tensors))
+
+
+def zeros(shape, dtype):
+    if _in_xla():
+        return tf.zeros(shape, dtype)
+    # Filled from a zero of its own that is made by a stateful op: graph optimisations then
+    # neither fold the buffer into a constant shared by every call nor merge it with another
+    # buffer, so the in-place ops below may write it. (`Empty` itself would do, but a graph
+    # copies a 16-bit one.)
+    zero = tf.raw_ops.Empty(shape=[], dtype=dtype, init=True)
+    return tf.fill(tf.cast(shape, tf.int32), zero)
+
+
+def _in_place(op, buffer, start, rows, axis):
+    """`op` (`InplaceUpdate`/`InplaceAdd`, whose kernels write into their input) on rows
+    `start:start + k` of `buffer`, or on its columns (`axis=1`): a row-major `(R, C)` buffer
+    reshaped (sharing its memory) to rows of `g = gcd(C, k)` elements holds the columns as
+    `R * k / g` such rows. Needs `start` a multiple of `g`, as the blocks of `loop_blocks` are
+    (multiples of `k`, or `C - k`). `buffer` must be owned by the caller (made by `zeros`) and
+    read afterwards only through the result."""
+    if not axis:
+        return op(x=buffer, i=start + tf.range(tf.shape(rows)[0]), v=rows)
+    (r, c), k = buffer.shape, rows.shape[1]
+    g = math.gcd(c, k)
+    index = tf.range(r)[:, None] * (c // g) + start // g + tf.range(k // g)[None, :]
+    out = op(x=tf.reshape(buffer, [-1, g]), i=tf.reshape(index, [-1]),
+             v=tf.reshape(rows, [-1, g]))
+    return tf.reshape(out, buffer.shape)
+
+
+def _copies(buffer, rows, axis):
+    # Where the in-place ops cannot go: a tape differentiates the update (`plain_autodiff`; they
+    # have no gradient), or columns of unknown size.
+    if record.should_record_backprop([buffer, rows]):
+        return True
+    return bool(axis) and (None in buffer.shape or rows.shape[1] is None)
 
 
 def set_rows(buffer, start, rows, axis=0):
-    return _scatter(tf.tensor_scatter_nd_update, buffer, start, rows, axis)
+    rows = tf.cast(rows, buffer.dtype)
+    if _in_xla():
+        if _is_16bit_float(buffer):
+            # XLA:CPU would convert the whole 16-bit buffer to float32 and back on each update.
+            bits = tf2xla.dynamic_update_slice(
+                tf.bitcast(buffer, tf.uint16), tf.bitcast(rows, tf.uint16),
+                _starts(buffer, start, axis),
+            )
+            return tf.bitcast(bits, buffer.dtype)
+        return tf2xla.dynamic_update_slice(buffer, rows, _starts(buffer, start, axis))
+    if _copies(buffer, rows, axis):
+        return _scatter(tf.tensor_scatter_nd_update, buffer, start, rows, axis)
+    return _in_place(tf.raw_ops.InplaceUpdate, buffer, start, rows, axis)
 
 
 def add_rows(buffer, start, rows, axis=0):
-    return _scatter(tf.tensor_scatter_nd_add, buffer, start, rows, axis)
+    rows = tf.cast(rows, buffer.dtype)
+    if _in_xla():
+        starts = _starts(buffer, start, axis)
+        current = tf2xla.dynamic_slice(buffer, starts, tf.shape(rows))
+        return tf2xla.dynamic_update_slice(buffer, current + rows, starts)
+    if _copies(buffer, rows, axis):
+        return _scatter(tf.tensor_scatter_nd_add, buffer, start, rows, axis)
+    return _in_place(tf.raw_ops.InplaceAdd, buffer, start, rows, axis)
+
+
+def _transposed_operand(x):
+    """The operand of `x = transpose(y)` in a traced graph (else None): a loop reading blocks of
+    `x` would make XLA materialise the whole transpose before the loop; blocks of `y` are read
+    in place and contracted along their first axis instead."""
+    if tf.executing_eagerly() or x.op.type != "Transpose":
+        return None
+    perm = tf.get_static_value(x.op.inputs[1])
+    return x.op.inputs[0] if perm is not None and list(perm) == [1, 0] else None
+
+
+def add_matmul(acc, a, b, axis, block):
+    total = acc.shape[axis]
+    block = min(block, total)
+    a_t = _transposed_operand(a) if axis == 0 else None
+
+    def step(i, acc):
+        # The last block is shifted back to end at `total`; its rows seen before add 0.
+        start = tf.minimum(i * block, total - block)
+        fresh = None
+        if total % block:
+            fresh = tf.cast(start + tf.range(block) >= i * block, acc.dtype)
+        if axis == 0 and a_t is not None:
+            rows = tf.cast(take(a_t, start, block, 1), acc.dtype)
+            part = tf.matmul(rows, tf.cast(b, acc.dtype), transpose_a=True)
+        elif axis == 0:
+            part = matmul(take(a, start, block, 0), b, acc.dtype)
+        else:
+            part = matmul(a, take(b, start, block, 1), acc.dtype)
+        if fresh is not None:
+            part = part * (fresh[:, None] if axis == 0 else fresh[None, :])
+        return add_rows(acc, start, part, axis)
+
+    return sequential_fori_loop(-(-total // block), step, acc)
 
 
 def scale(x, factor):
-    return x * tf.cast(factor, x.dtype)
+    factor = tf.cast(factor, x.dtype)
+    if tf.executing_eagerly() and bool(factor == 1):
+        return x  # an eager product is a copy (a graph's reuses `x`'s buffer, XLA's folds a 1)
+    return x * factor
 
 
 def updates_in_place():
-    # XLA (jit_compile) updates loop carries in place, but a traced function cannot tell whether
-    # it will be compiled with XLA, so TensorFlow always takes the schedule without running sums.
-    return False
+    # Outside XLA rows and columns are updated in place too (InplaceAdd/InplaceUpdate on buffers
+    # from `zeros`), but every elementwise step of a chunk is a buffer of its own: a chunk's
+    # logits as large as `hidden` would cost several times that. The vocabulary-tile schedule
+    # keeps its tiles an eighth of that, so it is the smaller one there.
+    return _in_xla()
 
 
 def term_gradients(values_fn, variables, constants, values=None):

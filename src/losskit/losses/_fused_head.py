@@ -33,11 +33,11 @@ def token_chunk(n, hidden_dim, vocab, chunk_size):
 def tiles(n, hidden_dim, vocab, chunk_size=None):
     """`(token chunk, vocabulary block)` of the vocabulary passes. A tile's float32 logits are
     an eighth of `hidden` in float32, so the float32 gradient of `hidden` (a running sum over
-    blocks) dominates the extra memory. TensorFlow outside XLA copies a buffer on every row
-    update, so it takes all tokens at once (chunk `None`) and only updates whole blocks."""
+    blocks) dominates the extra memory. An unknown batch (a TensorFlow graph) is taken all at once
+    (chunk `None`): only whole vocabulary blocks are then updated."""
     static_n = n if isinstance(n, int) else 8192  # unknown batch (TF graph): sized as 8192
     chunk = None
-    if backend.updates_in_place() and isinstance(n, int):
+    if isinstance(n, int):
         chunk = max(1, min(static_n, chunk_size or 1024))
     per_tile = static_n * hidden_dim / (8 * (chunk or static_n))
     block = VOCAB_BLOCK_OVERRIDE or 2 ** max(3, round(math.log2(max(1.0, per_tile))))

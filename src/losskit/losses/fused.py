@@ -10,6 +10,7 @@ is written with `keras.ops` and a custom gradient, so it runs on every Keras bac
 `jit`; see docs/large_vocabularies.md.
 """
 
+import keras
 from keras import ops
 
 from losskit import backend
@@ -76,33 +77,57 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         loss_i = _token_loss(lse_i, z_y, z_sum, vocab, zl, ls)
         return fh.put(carry[0], t0, lse_i, chunk), fh.put(carry[1], t0, loss_i, chunk)
 
-    # Two buffers, not one twice: torch updates them in place.
-    buffers = (ops.zeros((n,), dtype), ops.zeros((n,), dtype))
+    # Two buffers, not one twice: they are updated in place.
+    buffers = (backend.zeros((n,), dtype), backend.zeros((n,), dtype))
     lse, loss = fh.loop_blocks(n, chunk, token_step, buffers)
     loss = ops.where(valid, loss, ops.zeros_like(loss))
 
     def grad_fn(upstream):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
+        # A 16-bit `hidden` would need a float32 running sum of dh, twice the gradient's size:
+        # its own pass over token chunks (vocabulary blocks inside) completes each chunk's dh
+        # and writes it once, at the cost of one more matmul. Its chunks are smaller: a chunk's
+        # float32 dh and hidden states are its temporaries.
+        dh_apart = fh.accumulation_dtype(h) != keras.backend.standardize_dtype(h.dtype)
+        dh_chunk, dh_block = (chunk, block) if chunk is None else fh.tiles(
+            n, head.hidden_dim, vocab, max(1, chunk // 4))
+
+        def tile_dlogits(h_i, t0, keep_t, v0, chunk, block):
+            g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
+            z, w_j = fh.block_logits(h_i, head, b, v0, block, dtype)
+            cols = v0 + ops.arange(block, dtype="int32")
+            dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
+                          vocab, zl, ls)
+            return dz, w_j
+
+        def dh_step(t0, keep_t, dh):
+            h_i = fh.rows(h, t0, dh_chunk)
+
+            def vocab_step(v0, keep_v, acc):
+                dz, w_j = tile_dlogits(h_i, t0, None, v0, dh_chunk, dh_block)
+                return acc + head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+
+            acc = ops.zeros((ops.shape(h_i)[0], head.hidden_dim), dtype)
+            acc = fh.loop_blocks(vocab, dh_block, vocab_step, acc)
+            return fh.put(dh, t0, acc, dh_chunk)
 
         def vocab_step(v0, keep_v, carry):
             dh, dw, db = carry
-            w_j = head.block(v0, block)
-            cols = v0 + ops.arange(block, dtype="int32")
 
             def token_step(t0, keep_t, acc):
                 dh, gw, gb = acc
                 h_i = fh.rows(h, t0, chunk)
-                g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
-                z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
-                dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
-                              vocab, zl, ls)
+                dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, chunk, block)
                 gw = gw + head.grad(dz, h_i, dtype)
                 gb = gb + ops.sum(dz, axis=0)
-                # Columns an earlier block covered already added their share to dh.
-                dh = fh.accumulate(dh, t0, head.back(fh.masked(keep_v, dz, 1), w_j, dtype), chunk)
+                if not dh_apart:
+                    # Columns an earlier block covered already added their share to dh.
+                    back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+                    dh = fh.accumulate(dh, t0, back, chunk)
                 return dh, gw, gb
 
-            gw = ops.zeros(ops.shape(w_j), dtype)
+            gw = ops.zeros((block, head.hidden_dim) if head.rows else (head.hidden_dim, block),
+                           dtype)
             dh, gw, gb = fh.loop_blocks(n, chunk, token_step, (dh, gw, ops.zeros((block,), dtype)))
             # Complete for this block: written once, in the weight's dtype.
             dw = backend.set_rows(dw, v0, gw, head.axis) if block < vocab else gw
@@ -111,11 +136,14 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
             return dh, dw, db
 
         init = (
-            ops.zeros(ops.shape(h), dtype),
-            ops.zeros(ops.shape(w), w.dtype),
-            () if b is None else ops.zeros(ops.shape(b), b.dtype),
+            () if dh_apart else backend.zeros(ops.shape(h), dtype),
+            backend.zeros(ops.shape(w), w.dtype),
+            () if b is None else backend.zeros(ops.shape(b), b.dtype),
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
+        if dh_apart:
+            with backend.after(dw):  # one pass at a time: each holds its own temporaries
+                dh = fh.loop_blocks(n, dh_chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
         return dh, dw, None if b is None else db, None
 
     return loss, grad_fn
@@ -140,8 +168,9 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
         z, _ = fh.block_logits(h_i, head, b, 0, vocab, dtype)
         lse = ops.logsumexp(z, axis=-1)
-        zero = ops.zeros_like(z)
-        z_y = ops.sum(ops.where(ops.equal(cols[None, :], y_i[:, None]), z, zero), axis=-1)
+        # A gather, not a masked sum: XLA:CPU materialises the input of a reduction (one more
+        # chunk of logits). Ignored labels read column 0 and are masked below.
+        z_y = ops.take_along_axis(z, ops.clip(y_i, 0, vocab - 1)[:, None], axis=1)[:, 0]
         z_sum = ops.sum(z, axis=-1) if ls else None
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
         total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
@@ -159,9 +188,9 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
 
     init = (
         ops.zeros((), dtype),
-        ops.zeros_like(h),
-        ops.zeros_like(w),
-        () if b is None else ops.zeros_like(b),
+        backend.zeros(ops.shape(h), h.dtype),
+        backend.zeros(ops.shape(w), w.dtype),
+        () if b is None else backend.zeros(ops.shape(b), b.dtype),
     )
     total, dh, dw, db = backend.sequential_fori_loop(fh.num_blocks(n, chunk), step, init)
 
@@ -202,16 +231,18 @@ def fused_linear_cross_entropy(
 
     The `N x V` logits are never materialised, and the gradient is written by hand:
 
-    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX and torch: tokens are
-      processed in chunks and each chunk's gradients are computed while its logits exist, so
-      the backward pass only scales them (Liger-Kernel): three matmuls, as many as the naive
-      computation; the weight gradient is a running sum updated in place.
-    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow): the forward pass computes each
-      token's log-sum-exp over vocabulary blocks (online), and the backward pass recomputes the
-      logits one vocabulary block at a time, all tokens at once (Cut Cross-Entropy): four matmuls,
-      but every block's weight gradient is complete when computed, so it is accumulated in
-      float32 and written once in the weight's dtype, and the upstream gradient may weight tokens
-      freely.
+    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX, torch and TensorFlow
+      under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's gradients
+      are computed while its logits exist, so the backward pass only scales them (Liger-Kernel):
+      three matmuls, as many as the naive computation; the weight gradient is a running sum
+      updated in place.
+    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow outside XLA): the forward pass
+      computes each token's log-sum-exp over vocabulary blocks (online), and the backward pass
+      recomputes the logits one vocabulary block at a time, token chunk by token chunk (Cut
+      Cross-Entropy): four matmuls, but every block's weight gradient is complete when computed,
+      so it is accumulated in float32 and written once in the weight's dtype, and the upstream
+      gradient may weight tokens freely. The gradient of 16-bit hidden states gets a pass of its
+      own over token chunks (a fifth matmul), so that no float32 `N x H` running sum exists.
 
     Logits, log-sum-exp, the loss sum and the weight gradient accumulate in float32 whatever the
     input dtype (float64 for float64 inputs); gradients come back in each input's dtype.
@@ -224,7 +255,7 @@ def fused_linear_cross_entropy(
         kernel: `(H, V)` projection (a `Dense(V)` layer's kernel), instead of `weight`.
         chunk_size: tokens per chunk. Default: on the in-place path a power of two making a
             chunk's logits about as large as `hidden` (at most 4096); on the vocabulary-block
-            path 1024 (TensorFlow outside XLA: all tokens at once).
+            path 1024 (a TensorFlow graph of unknown batch size: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.

@@ -76,7 +76,7 @@ def _distill(hs, ws, ht, wt, y, *, rows_s, rows_t, dtype, opts):
                      for buf, st in zip(carry, (s_state, t_state)))
 
     lse_s, lse_t = fh.loop_blocks(
-        n, chunk, normaliser_step, (ops.zeros((n,), dtype), ops.zeros((n,), dtype))
+        n, chunk, normaliser_step, (backend.zeros((n,), dtype), backend.zeros((n,), dtype))
     )
 
     def value_step(t0, keep_t, carry):
@@ -92,7 +92,7 @@ def _distill(hs, ws, ht, wt, y, *, rows_s, rows_t, dtype, opts):
         return fh.put(carry[0], t0, value, chunk), fh.put(carry[1], t0, qa, chunk)
 
     loss, qa = fh.loop_blocks(
-        n, chunk, value_step, (ops.zeros((n,), dtype), ops.zeros((n,), dtype))
+        n, chunk, value_step, (backend.zeros((n,), dtype), backend.zeros((n,), dtype))
     )
     loss = ops.where(valid, loss, ops.zeros_like(loss))
 
@@ -118,7 +118,7 @@ def _distill(hs, ws, ht, wt, y, *, rows_s, rows_t, dtype, opts):
             dw = backend.set_rows(dw, v0, gw, student.axis) if block < vocab else gw
             return dh, dw
 
-        init = (ops.zeros(ops.shape(hs), dtype), ops.zeros(ops.shape(ws), ws.dtype))
+        init = (backend.zeros(ops.shape(hs), dtype), backend.zeros(ops.shape(ws), ws.dtype))
         dh, dw = fh.loop_blocks(vocab, block, vocab_step, init)
         return dh, dw, None, None, None  # no gradient to the teacher
 
