@@ -147,3 +147,15 @@ def term_gradients(values_fn, variables, constants=(), values=None):
     values that do not depend on a variable are zeros.
     """
     return _impl().term_gradients(values_fn, list(variables), list(constants), values)
+
+
+def fused_linear_ce(portable, h, w, b, y, static):
+    """The backend's fast path of `fused_linear_cross_entropy` on flattened inputs, or None where
+    it has none (then `portable(h, w, b, y, **static)`, the `keras.ops` form, runs).
+
+    `h` `(N, H)`, `w` `(V, H)` (`static["rows"]`) or `(H, V)`, `b` `(V,)` or None, `y` `(N,)`;
+    `static` holds the hashable options (reduction, ignore_index, z_loss, label_smoothing,
+    chunk_size, ...). Returns what `portable` returns, with the same gradients.
+    """
+    fast = getattr(_impl(), "fused_linear_ce", None)
+    return None if fast is None else fast(portable, h, w, b, y, static)
