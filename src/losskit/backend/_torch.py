@@ -159,12 +159,14 @@ def fused_linear_ce(portable, h, w, b, y, static):
 
 def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
     """Tokens per chunk: `chunk_size`, or the largest power of two whose logits temporaries
-    (float32, plus a bfloat16 copy for bfloat16 inputs) stay below a sixth of the gradients'
-    bytes, so that a call needs at most ~1.2x the memory of the gradients it returns."""
+    (float32, plus a bfloat16 copy for bfloat16 inputs) take at most 0.25x the gradients'
+    bytes (issue 12's bound: a call needs at most 1.25x the memory of the gradients it returns).
+    As large as that: each chunk streams the weight through two matmuls and its gradient through
+    `addmm_`, so halving the chunk doubles that traffic (the naive head reads them about once)."""
     if chunk_size:
         return max(1, min(int(chunk_size), n))
     per_token = vocab * (8 if itemsize == 8 else 4 + (itemsize if itemsize < 4 else 0))
-    budget = (n + vocab) * hidden_dim * itemsize / 6
+    budget = 0.25 * (n + vocab) * hidden_dim * itemsize
     chunk = 1
     while chunk * 2 * per_token <= budget and chunk * 2 <= 4096:
         chunk *= 2
@@ -172,21 +174,25 @@ def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
 
 
 def _liger(h, w, b, y, static, need):
-    """`(sum of the losses x scale, dh, dw, db)` for `scale` = 1 / kept tokens ("mean") or 1."""
+    """`(sum of the losses x scale, dh, dw, db)` for `scale` = 1 / kept tokens ("mean") or 1.
+
+    A chunk's logits are held transposed, `(V, chunk)`: `W @ h_i^T` is the faster matmul on
+    CPU (BLAS reads `W` row by row), and `dW += dz^T h_i` then needs no transposed operand.
+    """
     rows, ls, zl = static["rows"], static["label_smoothing"], static["z_loss"]
     n, hidden_dim = h.shape
     vocab = w.shape[0] if rows else w.shape[1]
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     low = h.dtype != acc
-    wt = w.t() if rows else w  # (H, V) views, no copy: the matmuls read either layout
+    w_rows = w if rows else w.t()  # (V, H) views, no copy: the matmuls read either layout
     valid = y != static["ignore_index"]
     y_safe = torch.where(valid, y, torch.zeros_like(y)).long()
     count = valid.sum().to(acc)
     mean = static["reduction"] == "mean"
     scale = 1.0 / torch.clamp(count, min=1.0) if mean else count.new_ones(())
     chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"])
-    buffer = torch.empty(chunk, vocab, dtype=acc, device=h.device)
-    low_buffer = torch.empty(chunk, vocab, dtype=h.dtype, device=h.device) if low else None
+    buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device)
+    low_buffer = torch.empty(vocab * chunk, dtype=h.dtype, device=h.device) if low else None
     dh = torch.empty_like(h) if need[0] else None
     dw = torch.zeros_like(w) if need[1] else None
     db = torch.zeros(vocab, dtype=acc, device=h.device) if need[2] else None
@@ -194,22 +200,22 @@ def _liger(h, w, b, y, static, need):
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         part = slice(start, start + size)
-        h_i, y_i, valid_i = h[part], y_safe[part], valid[part]
-        z = buffer[:size]
+        h_i, y_i, valid_i = h[part], y_safe[part][None, :], valid[part]
+        z = buffer[:vocab * size].view(vocab, size)  # contiguous for the last, shorter chunk
         if low:
-            z_low = low_buffer[:size]
-            torch.mm(h_i, wt, out=z_low)
+            z_low = low_buffer[:vocab * size].view(vocab, size)
+            torch.mm(w_rows, h_i.t(), out=z_low)
             z.copy_(z_low)
         else:
-            torch.mm(h_i, wt, out=z)
+            torch.mm(w_rows, h_i.t(), out=z)
         if b is not None:
-            z.add_(b)
-        z_y = z.gather(1, y_i[:, None]).squeeze(1)
-        z_sum = z.sum(1) if ls else None  # -inf (masked) columns make it -inf: as the portable
-        shift = z.amax(1)
+            z.add_(b[:, None])
+        z_y = z.gather(0, y_i)[0]
+        z_sum = z.sum(0) if ls else None  # -inf (masked) columns make it -inf: as the portable
+        shift = z.amax(0)
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-        z.sub_(shift[:, None]).exp_()
-        norm = z.sum(1)
+        z.sub_(shift).exp_()
+        norm = z.sum(0)
         lse = shift + norm.log()
         loss = lse - (1.0 - ls) * z_y
         if ls:
@@ -222,20 +228,20 @@ def _liger(h, w, b, y, static, need):
         # z becomes dloss/dz x g: softmax (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V.
         g = valid_i.to(acc) * scale
         coef = g * (1.0 + 2.0 * zl * lse) if zl else g
-        z.mul_((coef / norm)[:, None])
-        z.scatter_add_(1, y_i[:, None], (-(1.0 - ls) * g)[:, None])
+        z.mul_(coef / norm)
+        z.scatter_add_(0, y_i, (-(1.0 - ls) * g)[None, :])
         if ls:
-            z.sub_(((ls / vocab) * g)[:, None])
+            z.sub_((ls / vocab) * g)
         if b is not None and need[2]:
-            db += z.sum(0)
-        dz = z_low.copy_(z) if low else z
+            db += z.sum(1)
+        dz = z_low.copy_(z) if low else z  # (V, chunk)
         if need[0]:
-            torch.mm(dz, wt.t(), out=dh[part])
+            torch.mm(dz.t(), w_rows, out=dh[part])
         if need[1]:
             if rows:
-                dw.addmm_(dz.t(), h_i)
+                dw.addmm_(dz, h_i)
             else:
-                dw.addmm_(h_i.t(), dz)
+                dw.addmm_(h_i.t(), dz.t())
     if db is not None:
         db = db.to(b.dtype)
     return total * scale, dh, dw, db
