@@ -9,7 +9,8 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
   bfloat16, at N = 8192, H = 1024, V = 32768 (`--part compiled`, compile only, JAX);
 - the same bound in every execution mode (`--part modes`): peak extra resident memory of one call,
   in a fresh process per (backend, mode, dtype, candidate) (the kernel's high-water mark reset
-  just before the call), against the gradients' bytes; TF eager `GradientTape`, `tf.function`,
+  just before the call), against the gradients' bytes; the first call (`over_grads`, one-time
+  costs included) and a second one (`warm_over_grads`); TF eager `GradientTape`, `tf.function`,
   `tf.function(jit_compile=True)`, JAX eager and jit, torch eager; N = 4096, H = 512, V = 32768;
 - bfloat16 accuracy at full size (`--part precision`): the loss vs a float64 computation on the
   same rounded inputs.
@@ -164,7 +165,15 @@ def probe(args):
     out = common.block(step(*inputs))
     peak = common.peak_rss()
     loss = float(keras.ops.convert_to_numpy(keras.ops.cast(out[0], "float32")))
-    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20, "loss": loss}))
+    # A second call: the steady state of a training loop, without the first call's one-time
+    # costs (XLA compiling inside eager JAX and TF-XLA calls, BLAS and thread-pool set-up).
+    del out
+    gc.collect()
+    before_warm = common.reset_peak_rss()
+    common.block(step(*inputs))
+    warm = common.peak_rss() - before_warm
+    print(json.dumps({"peak_extra_mib": (peak - before) / 2**20,
+                      "warm_peak_extra_mib": warm / 2**20, "loss": loss}))
 
 
 def part_modes(args):
@@ -185,6 +194,8 @@ def part_modes(args):
                 else:
                     row = json.loads(run.stdout.strip().splitlines()[-1])
                     row["over_grads"] = row["peak_extra_mib"] * 2**20 / grad_bytes(n, h, v, dtype)
+                    row["warm_over_grads"] = (row["warm_peak_extra_mib"] * 2**20
+                                              / grad_bytes(n, h, v, dtype))
                 result[f"{mode}/{dtype}/{name}"] = row
                 print(f"modes {backend} {mode:6s} {dtype:8s} {name:16s} {row}", flush=True)
     return result

@@ -202,14 +202,13 @@ def _liger(h, w, b, y, static, need):
         part = slice(start, start + size)
         h_i, y_i, valid_i = h[part], y_safe[part][None, :], valid[part]
         z = buffer[:vocab * size].view(vocab, size)  # contiguous for the last, shorter chunk
-        if low:
-            z_low = low_buffer[:vocab * size].view(vocab, size)
-            torch.mm(w_rows, h_i.t(), out=z_low)
-            z.copy_(z_low)
+        out = low_buffer[:vocab * size].view(vocab, size) if low else z
+        if b is None:
+            torch.mm(w_rows, h_i.t(), out=out)
         else:
-            torch.mm(w_rows, h_i.t(), out=z)
-        if b is not None:
-            z.add_(b[:, None])
+            torch.addmm(b[:, None], w_rows, h_i.t(), out=out)
+        if low:
+            z.copy_(out)
         z_y = z.gather(0, y_i)[0]
         z_sum = z.sum(0) if ls else None  # -inf (masked) columns make it -inf: as the portable
         shift = z.amax(0)
@@ -234,7 +233,7 @@ def _liger(h, w, b, y, static, need):
             z.sub_((ls / vocab) * g)
         if b is not None and need[2]:
             db += z.sum(1)
-        dz = z_low.copy_(z) if low else z  # (V, chunk)
+        dz = out.copy_(z) if low else z  # (V, chunk)
         if need[0]:
             torch.mm(dz.t(), w_rows, out=dh[part])
         if need[1]:

@@ -213,8 +213,20 @@ def fused_linear_cross_entropy(
       float32 and written once in the weight's dtype, and the upstream gradient may weight tokens
       freely.
 
+    Backend fast paths (`backend.fused_linear_ce`), for `reduction="mean"`/`"sum"` only; every
+    other call, and every call inside `losskit.gradients.plain_autodiff()`, takes the portable
+    `keras.ops` form above (tested equal to each fast path):
+
+    - JAX outside `jit`: the whole computation runs as one cached `jax.jit` call that returns the
+      value and the gradients together (op by op, the loops copy their carried buffers).
+    - torch with float32, float64 or bfloat16 inputs of one dtype: a `torch.autograd.Function`
+      with Liger-Kernel's schedule written with in-place torch ops (`exp_`, `scatter_add_`,
+      `mm(out=)`, `addmm_`). bfloat16 inputs there follow Liger: logits and `dlogits` are
+      rounded to bfloat16 for the matmuls and the weight gradient is accumulated in bfloat16.
+
     Logits, log-sum-exp, the loss sum and the weight gradient accumulate in float32 whatever the
-    input dtype (float64 for float64 inputs); gradients come back in each input's dtype.
+    input dtype (float64 for float64 inputs; except the torch bfloat16 fast path's weight
+    gradient, above); gradients come back in each input's dtype.
 
     Args:
         hidden: `(..., H)` float tensor, the last hidden states.
