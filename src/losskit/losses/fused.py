@@ -140,8 +140,8 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
         z, _ = fh.block_logits(h_i, head, b, 0, vocab, dtype)
         lse = ops.logsumexp(z, axis=-1)
-        zero = ops.zeros_like(z)
-        z_y = ops.sum(ops.where(ops.equal(cols[None, :], y_i[:, None]), z, zero), axis=-1)
+        # A gather, not a summed one-hot select: XLA kept that select as a logits-sized buffer.
+        z_y = ops.take_along_axis(z, ops.clip(y_i, 0, vocab - 1)[:, None], axis=1)[:, 0]
         z_sum = ops.sum(z, axis=-1) if ls else None
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
         total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
