@@ -8,7 +8,8 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
 - XLA's compiled `temp_size_in_bytes` <= 1.0x the bytes of the gradients returned, float32 and
   bfloat16, at N = 8192, H = 1024, V = 32768 (`--part compiled`, compile only, JAX);
 - the same bound in every execution mode (`--part modes`): peak extra memory of one call, in a
-  fresh process per (backend, mode, dtype, candidate), against the gradients' bytes; TF eager
+  fresh process per (backend, mode, dtype, candidate), against the gradients' bytes; the first
+  call (`over_grads`, one-time costs included) and a second one (`warm_over_grads`); TF eager
   `GradientTape`, `tf.function`, `tf.function(jit_compile=True)`, JAX eager and jit, torch eager;
   N = 4096, H = 512, V = 32768. Resident memory (the kernel's high-water mark reset just before
   the call), except under TensorFlow: its allocator's own peak (its pool reuses freed memory the
@@ -185,6 +186,19 @@ def probe(args):
         row["rss_peak_extra_mib"] = row["peak_extra_mib"]
         row["peak_extra_mib"] = (tf_pool.get_memory_info("CPU:0")["peak"] - pool_before) / 2**20
         row["measure"] = "tensorflow allocator peak"
+    # A second call: the steady state of a training loop, without the first call's one-time
+    # costs (XLA compiling inside eager JAX and TF-XLA calls, BLAS and thread-pool set-up).
+    del out
+    gc.collect()
+    if tf_pool:
+        tf_pool.reset_memory_stats("CPU:0")
+        pool_before = tf_pool.get_memory_info("CPU:0")["current"]
+    before = common.reset_peak_rss()
+    common.block(step(*inputs))
+    warm = common.peak_rss() - before
+    if tf_pool:
+        warm = tf_pool.get_memory_info("CPU:0")["peak"] - pool_before
+    row["warm_peak_extra_mib"] = warm / 2**20
     print(json.dumps(row))
 
 
@@ -206,6 +220,8 @@ def part_modes(args):
                 else:
                     row = json.loads(run.stdout.strip().splitlines()[-1])
                     row["over_grads"] = row["peak_extra_mib"] * 2**20 / grad_bytes(n, h, v, dtype)
+                    row["warm_over_grads"] = (row["warm_peak_extra_mib"] * 2**20
+                                              / grad_bytes(n, h, v, dtype))
                 result[f"{mode}/{dtype}/{name}"] = row
                 print(f"modes {backend} {mode:6s} {dtype:8s} {name:16s} {row}", flush=True)
     return result

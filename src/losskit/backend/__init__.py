@@ -7,7 +7,6 @@ the replica context of `tf.distribute`, `lgamma`, a loop that must run one itera
 framework. Adding a backend path is adding the function to each of the three modules.
 """
 
-import contextlib
 import importlib
 
 import keras
@@ -144,23 +143,16 @@ def updates_in_place():
 
 def after(*tensors):
     """A context whose ops run only once `tensors` are computed. TensorFlow graphs otherwise run
-    independent loops at the same time, each holding its temporaries; elsewhere (and on backends
-    without their own `after`) ops already run in program order: a no-op."""
-    impl = _impl()
-    if hasattr(impl, "after"):
-        return impl.after(tensors)
-    return contextlib.nullcontext()
+    independent loops at the same time, each holding its temporaries; elsewhere ops already run
+    in program order: a no-op."""
+    return _impl().after(tensors)
 
 
 def zeros(shape, dtype):
     """A zero buffer owned by the caller, which `set_rows`/`add_rows`/`add_matmul` may then
     update in place. TensorFlow updates in place outside XLA only buffers made here: graph
-    optimisations may turn `keras.ops.zeros` into a constant shared by every call. Backends
-    without their own `zeros` get `keras.ops.zeros`."""
-    impl = _impl()
-    if hasattr(impl, "zeros"):
-        return impl.zeros(shape, dtype)
-    return keras.ops.zeros(shape, dtype)
+    optimisations may turn `keras.ops.zeros` into a constant shared by every call."""
+    return _impl().zeros(shape, dtype)
 
 
 def term_gradients(values_fn, variables, constants=(), values=None):
@@ -174,3 +166,14 @@ def term_gradients(values_fn, variables, constants=(), values=None):
     values that do not depend on a variable are zeros.
     """
     return _impl().term_gradients(values_fn, list(variables), list(constants), values)
+
+
+def fused_linear_ce(portable, h, w, b, y, static):
+    """The backend's fast path of `fused_linear_cross_entropy` on flattened inputs, or None where
+    it has none (then `portable(h, w, b, y, **static)`, the `keras.ops` form, runs).
+
+    `h` `(N, H)`, `w` `(V, H)` (`static["rows"]`) or `(H, V)`, `b` `(V,)` or None, `y` `(N,)`;
+    `static` holds the hashable options (reduction, ignore_index, z_loss, label_smoothing,
+    chunk_size, ...). Returns what `portable` returns, with the same gradients.
+    """
+    return _impl().fused_linear_ce(portable, h, w, b, y, static)

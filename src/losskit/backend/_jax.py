@@ -4,6 +4,7 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
+import keras
 
 from losskit import _keras
 
@@ -162,3 +163,66 @@ def term_gradients(values_fn, variables, constants, values=None):
     jac = jax.jacrev(values)([v.value for v in variables])  # per variable: (terms, *shape)
     jac = [jax.lax.stop_gradient(j) for j in jac]
     return [[j[k] for j in jac] for k in range(jac[0].shape[0])] if jac else []
+
+
+def _concrete(*xs):
+    # Concrete values (eager JAX, possibly under an eager `grad`), not values traced by a `jit`.
+    from jax._src.core import is_concrete  # no public form since jax.core.is_concrete's removal
+
+    return all(is_concrete(x) for x in xs if x is not None)
+
+
+_COMPILED = {}
+
+
+def _compiled(portable, static):
+    """`(value, value_and_grad)` of `portable` as cached `jax.jit` functions (one per options)."""
+    key = (portable, tuple(sorted(static.items())))
+    if key not in _COMPILED:
+        def value(h, w, b, y):
+            return portable(h, w, b, y, **static)
+
+        _COMPILED[key] = (jax.jit(value), jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2))))
+    return _COMPILED[key]
+
+
+def fused_linear_ce(portable, h, w, b, y, static):
+    """Eager JAX: the whole loss and its gradients as one cached `jax.jit` call.
+
+    Op by op, the loop of the fused loss runs as a separate XLA computation whose carried
+    buffers (the `V x H` weight gradient among them) are copied in and out, and the backward
+    pass's scaling copies every gradient: 3.9x the gradients' bytes at N = 4096, H = 512,
+    V = 32768 against 1.45x compiled. Here the forward pass computes the value and the gradients
+    of a unit upstream in one compiled call (where XLA updates the loop buffers in place), and
+    the backward pass returns them as they are when the upstream is 1 (a copy scaled otherwise).
+    Under a `jit` (traced inputs) and for per-token losses (any upstream), None: the portable
+    form is already compiled, or cannot know its upstream gradient.
+    """
+    if static["reduction"] == "none" or not _concrete(h, w, b, y):
+        return None
+    value, value_and_grad = _compiled(portable, static)
+
+    @jax.custom_vjp
+    def loss(h, w, b, y):
+        return value(h, w, b, y)
+
+    def forward(h, w, b, y):
+        total, grads = value_and_grad(h, w, b, y)
+        return total, grads
+
+    def backward(grads, upstream):
+        if not (_concrete(upstream) and float(upstream) == 1.0):
+            grads = jax.tree.map(lambda g: g * upstream.astype(g.dtype), grads)
+        return (*grads, None)
+
+    loss.defvjp(forward, backward)
+    return loss(h, w, b, y)
+
+
+def after(tensors):
+    del tensors
+    return contextlib.nullcontext()  # ops already run in program order
+
+
+def zeros(shape, dtype):
+    return keras.ops.zeros(shape, dtype)

@@ -1,5 +1,8 @@
 """PyTorch implementations of `losskit.backend`."""
 
+import contextlib
+
+import keras
 import torch
 
 from losskit import _keras
@@ -124,3 +127,153 @@ def term_gradients(values_fn, variables, constants, values=None):
             [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors, grads)]
         )
     return out
+
+
+# Dtypes of the fast path; float16 (narrow exponent range) takes the portable path.
+_FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def fused_linear_ce(portable, h, w, b, y, static):
+    """torch eager: the Liger-Kernel schedule as one `torch.autograd.Function`.
+
+    Per token chunk: the logits by one matmul into a reused buffer; `exp` and the subtractions
+    that turn them into `dloss/dlogits` in place; the chunk's `dhidden` rows by one matmul
+    written into the output (`out=`); the weight gradient accumulated in place (`addmm_`). Three
+    matmuls, as many as the naive head, and no buffer larger than a chunk's logits besides the
+    gradients themselves; the backward pass only scales them (in place, and not at all for a unit
+    upstream gradient). The portable form costs a Python-level `keras.ops` call per step and
+    copies (`where`, one-hot masks) of the chunk's logits.
+
+    Covers `reduction="mean"`/`"sum"` with float32, float64 or bfloat16 inputs of one dtype;
+    None (the portable path) otherwise. bfloat16 follows Liger: the logits and `dlogits` pass
+    through bfloat16 for the matmuls (CPU matmuls return their inputs' dtype), the softmax is
+    computed in float32, and the weight gradient is accumulated in bfloat16 by `addmm_` (a
+    float32 running sum would cost twice the gradients' bytes); each chunk's product is summed
+    in float32 and rounded once as it is added.
+    """
+    del portable
+    tensors = [t for t in (h, w, b) if t is not None]
+    if (static["reduction"] == "none" or h.dtype not in _FAST_DTYPES or not h.shape[0]
+            or any(t.dtype != h.dtype for t in tensors) or y.dim() != 1):
+        return None
+    need = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (h, w, b))
+    return _FusedLinearCE.apply(h, w, b, y, static, need)
+
+
+def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
+    """Tokens per chunk: `chunk_size`, or the largest power of two whose logits temporaries
+    (float32, plus a bfloat16 copy for bfloat16 inputs) take at most 0.25x the gradients'
+    bytes (issue 12's bound: a call needs at most 1.25x the memory of the gradients it returns).
+    As large as that: each chunk streams the weight through two matmuls and its gradient through
+    `addmm_`, so halving the chunk doubles that traffic (the naive head reads them about once)."""
+    if chunk_size:
+        return max(1, min(int(chunk_size), n))
+    per_token = vocab * (8 if itemsize == 8 else 4 + (itemsize if itemsize < 4 else 0))
+    budget = 0.25 * (n + vocab) * hidden_dim * itemsize
+    chunk = 1
+    while chunk * 2 * per_token <= budget and chunk * 2 <= 4096:
+        chunk *= 2
+    return min(chunk, n)
+
+
+def _liger(h, w, b, y, static, need):
+    """`(sum of the losses x scale, dh, dw, db)` for `scale` = 1 / kept tokens ("mean") or 1.
+
+    A chunk's logits are held transposed, `(V, chunk)`: `W @ h_i^T` is the faster matmul on
+    CPU (BLAS reads `W` row by row), and `dW += dz^T h_i` then needs no transposed operand.
+    """
+    rows, ls, zl = static["rows"], static["label_smoothing"], static["z_loss"]
+    n, hidden_dim = h.shape
+    vocab = w.shape[0] if rows else w.shape[1]
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    low = h.dtype != acc
+    w_rows = w if rows else w.t()  # (V, H) views, no copy: the matmuls read either layout
+    valid = y != static["ignore_index"]
+    y_safe = torch.where(valid, y, torch.zeros_like(y)).long()
+    count = valid.sum().to(acc)
+    mean = static["reduction"] == "mean"
+    scale = 1.0 / torch.clamp(count, min=1.0) if mean else count.new_ones(())
+    chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"])
+    buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device)
+    low_buffer = torch.empty(vocab * chunk, dtype=h.dtype, device=h.device) if low else None
+    dh = torch.empty_like(h) if need[0] else None
+    dw = torch.zeros_like(w) if need[1] else None
+    db = torch.zeros(vocab, dtype=acc, device=h.device) if need[2] else None
+    total = torch.zeros((), dtype=acc, device=h.device)
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        part = slice(start, start + size)
+        h_i, y_i, valid_i = h[part], y_safe[part][None, :], valid[part]
+        z = buffer[:vocab * size].view(vocab, size)  # contiguous for the last, shorter chunk
+        out = low_buffer[:vocab * size].view(vocab, size) if low else z
+        if b is None:
+            torch.mm(w_rows, h_i.t(), out=out)
+        else:
+            torch.addmm(b[:, None], w_rows, h_i.t(), out=out)
+        if low:
+            z.copy_(out)
+        z_y = z.gather(0, y_i)[0]
+        z_sum = z.sum(0) if ls else None  # -inf (masked) columns make it -inf: as the portable
+        shift = z.amax(0)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        z.sub_(shift).exp_()
+        norm = z.sum(0)
+        lse = shift + norm.log()
+        loss = lse - (1.0 - ls) * z_y
+        if ls:
+            loss = loss - (ls / vocab) * z_sum
+        if zl:
+            loss = loss + zl * lse.square()
+        total += torch.where(valid_i, loss, torch.zeros_like(loss)).sum()
+        if not any(need):
+            continue
+        # z becomes dloss/dz x g: softmax (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V.
+        g = valid_i.to(acc) * scale
+        coef = g * (1.0 + 2.0 * zl * lse) if zl else g
+        z.mul_(coef / norm)
+        z.scatter_add_(0, y_i, (-(1.0 - ls) * g)[None, :])
+        if ls:
+            z.sub_((ls / vocab) * g)
+        if b is not None and need[2]:
+            db += z.sum(1)
+        dz = out.copy_(z) if low else z  # (V, chunk)
+        if need[0]:
+            torch.mm(dz.t(), w_rows, out=dh[part])
+        if need[1]:
+            if rows:
+                dw.addmm_(dz, h_i)
+            else:
+                dw.addmm_(h_i.t(), dz.t())
+    if db is not None:
+        db = db.to(b.dtype)
+    return total * scale, dh, dw, db
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, b, y, static, need):
+        h_, w_, b_ = (None if t is None else t.detach() for t in (h, w, b))
+        total, *grads = _liger(h_, w_, b_, y, static, need)
+        ctx.grads, ctx.static, ctx.need = grads, static, need
+        ctx.save_for_backward(h, w, b, y)
+        return total
+
+    @staticmethod
+    def backward(ctx, upstream):
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # a second backward pass (retain_graph): the first one used them
+            h, w, b, y = ctx.saved_tensors
+            grads = _liger(h, w, b, y, ctx.static, ctx.need)[1:]
+        # Handed over, not kept: autograd may adopt them as `.grad` without copying.
+        if not bool(upstream == 1):
+            grads = [None if g is None else g.mul_(upstream.to(g.dtype)) for g in grads]
+        return (*grads, None, None, None)
+
+
+def after(tensors):
+    del tensors
+    return contextlib.nullcontext()  # ops already run in program order
+
+
+def zeros(shape, dtype):
+    return keras.ops.zeros(shape, dtype)

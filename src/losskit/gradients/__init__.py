@@ -13,13 +13,14 @@ from losskit.gradients.check import (
     GradientReport,
     check_gradients,
 )
-from losskit.gradients.custom import custom_gradient, plain_autodiff
+from losskit.gradients.custom import custom_gradient, in_plain_autodiff, plain_autodiff
 
 __all__ = [
     "GradientCheckError",
     "GradientReport",
     "check_gradients",
     "custom_gradient",
+    "in_plain_autodiff",
     "plain_autodiff",
     "value_and_grad",
 ]

@@ -38,6 +38,12 @@ def plain_autodiff():
     return _switched_on("plain")
 
 
+def in_plain_autodiff():
+    """Whether `plain_autodiff()` is active: a function with a backend fast path (which has its
+    own gradient) takes its portable `@custom_gradient` form instead, so the check sees it."""
+    return _active("plain")
+
+
 def declared_none_as_nan():
     """Within this context a `None` that a grad_fn returns becomes a NaN gradient, so that
     `check_gradients` can see which of its inputs reach a rule that declares no gradient (NaN

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from losskit import backend
-from losskit.gradients import custom_gradient
+from losskit.gradients import custom_gradient, in_plain_autodiff
 from losskit.losses import _fused_head as fh
 from losskit.losses._common import family, masked, public, register
 
@@ -244,8 +244,20 @@ def fused_linear_cross_entropy(
       gradient may weight tokens freely. The gradient of 16-bit hidden states gets a pass of its
       own over token chunks (a fifth matmul), so that no float32 `N x H` running sum exists.
 
+    Backend fast paths (`backend.fused_linear_ce`), for `reduction="mean"`/`"sum"` only; every
+    other call, and every call inside `losskit.gradients.plain_autodiff()`, takes the portable
+    `keras.ops` form above (tested equal to each fast path):
+
+    - JAX outside `jit`: the whole computation runs as one cached `jax.jit` call that returns the
+      value and the gradients together (op by op, the loops copy their carried buffers).
+    - torch with float32, float64 or bfloat16 inputs of one dtype: a `torch.autograd.Function`
+      with Liger-Kernel's schedule written with in-place torch ops (`exp_`, `scatter_add_`,
+      `mm(out=)`, `addmm_`). bfloat16 inputs there follow Liger: logits and `dlogits` are
+      rounded to bfloat16 for the matmuls and the weight gradient is accumulated in bfloat16.
+
     Logits, log-sum-exp, the loss sum and the weight gradient accumulate in float32 whatever the
-    input dtype (float64 for float64 inputs); gradients come back in each input's dtype.
+    input dtype (float64 for float64 inputs; except the torch bfloat16 fast path's weight
+    gradient, above); gradients come back in each input's dtype.
 
     Args:
         hidden: `(..., H)` float tensor, the last hidden states.
@@ -272,15 +284,34 @@ def fused_linear_cross_entropy(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{_NAME}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
-    dtype = fh.accumulation_dtype(hidden, head.matrix, bias)
-    labels_shape = ops.shape(labels)
     h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
-    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
     # 16-bit inputs would need a float32 copy of the weight gradient as running sum.
     same_dtype = all(t is None or t.dtype == h.dtype for t in (head.matrix, bias))
     in_place = (reduction != "none" and same_dtype and "float16" not in str(h.dtype)
                 and backend.updates_in_place() and bool(h.shape[0]))
+    # Everything that shapes the computation; hashable, so a backend may cache a compiled form.
+    static = dict(rows=head.rows, reduction=reduction, chunk_size=chunk_size, in_place=in_place,
+                  vocab_block=fh.VOCAB_BLOCK_OVERRIDE, ignore_index=ignore_index, z_loss=z_loss,
+                  label_smoothing=label_smoothing)
+    loss = None
+    if not in_plain_autodiff():  # the check differentiates the portable forward pass
+        loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, static)
+    if loss is None:
+        loss = _portable(h, head.matrix, bias, y, **static)
+    if reduction == "none":
+        # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
+        # Keras reduction) leaves ignored tokens out of the denominator.
+        return masked(ops.reshape(loss, ops.shape(labels)), ops.not_equal(labels, ignore_index))
+    return loss
+
+
+def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
+              z_loss, label_smoothing):
+    """The `keras.ops` computation: the scalar loss, or flat per-token losses for "none"."""
+    del vocab_block  # read from fh.VOCAB_BLOCK_OVERRIDE; in `static` to key compiled caches
+    dtype = fh.accumulation_dtype(h, w, b)
+    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
     if in_place:
 
         @custom_gradient
@@ -289,22 +320,19 @@ def fused_linear_cross_entropy(
             count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
             scale = 1.0 / ops.maximum(count, 1.0) if reduction == "mean" else 1.0
             return _scalar_in_place(
-                h, w, b, y, scale, head_rows=head.rows, dtype=dtype, opts=opts,
-                chunk_size=chunk_size,
+                h, w, b, y, scale, head_rows=rows, dtype=dtype, opts=opts, chunk_size=chunk_size,
             )
 
-        return fused(h, head.matrix, bias, y)
+        return fused(h, w, b, y)
 
     @custom_gradient
     def per_token(h, w, b, y):
-        return _per_token(h, w, b, y, head_rows=head.rows, dtype=dtype, opts=opts,
+        return _per_token(h, w, b, y, head_rows=rows, dtype=dtype, opts=opts,
                           chunk_size=chunk_size)
 
-    losses = per_token(h, head.matrix, bias, y)
+    losses = per_token(h, w, b, y)
     if reduction == "none":
-        # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
-        # Keras reduction) leaves ignored tokens out of the denominator.
-        return masked(ops.reshape(losses, labels_shape), ops.not_equal(labels, ignore_index))
+        return losses
     total = ops.sum(losses)
     if reduction == "sum":
         return total
