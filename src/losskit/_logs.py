@@ -7,29 +7,36 @@ import numpy as np
 from keras import ops
 
 
-class BatchMean(keras.metrics.Metric):
-    """The mean of per-batch values weighted by their batch sizes, fed by the model (`feed`).
+class StepLogs(keras.metrics.Metric):
+    """`loss` and each term's value: means over batches weighted by their sizes (`feed`).
 
-    Two variables and two additions a step: `keras.metrics.Mean` broadcasts sample weights, which
-    costs an eager step (torch) several small ops per logged term. Keras feeds the `loss` tracker
-    itself the replica loss times the number of replicas, exact only when every replica gets as
-    many samples; that update is ignored and the objective feeds the exact value instead.
+    One metric with two variables for the total and every term: each metric variable is state a
+    compiled JAX step passes in and out, and each update is ops an eager (torch) step pays for, so
+    `keras.metrics.Mean` per term (which also broadcasts sample weights) cost a small model's step
+    several percent. Keras feeds its loss tracker the replica loss times the number of replicas,
+    exact only when every replica gets as many samples; that update is ignored and the objective
+    feeds the exact values instead.
     """
 
-    def __init__(self, name, dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.total = self.add_variable((), "zeros", aggregation="sum", name="total")
+    def __init__(self, names, dtype=None):
+        super().__init__(name="loss", dtype=dtype)
+        self.names = list(names)
+        self.sums = self.add_variable((len(self.names) + 1,), "zeros", aggregation="sum",
+                                      name="sums")
         self.count = self.add_variable((), "zeros", aggregation="sum", name="count")
 
     def update_state(self, *args, **kwargs):
         pass
 
-    def feed(self, value, batch):
-        self.total.assign_add(ops.cast(value, self.dtype) * batch)
+    def feed(self, total, values, batch):
+        """Adds `batch` times the step's `total` and term `values` (in `names`' order)."""
+        stacked = ops.stack([ops.cast(v, self.dtype) for v in (total, *values)])
+        self.sums.assign_add(stacked * batch)
         self.count.assign_add(ops.cast(batch, self.dtype))
 
     def result(self):
-        return ops.divide_no_nan(self.total, self.count)
+        means = ops.divide_no_nan(self.sums, self.count)
+        return {"loss": means[0], **{name: means[i + 1] for i, name in enumerate(self.names)}}
 
 
 class Latest(keras.metrics.Metric):

@@ -7,7 +7,7 @@ from keras import ops
 
 from losskit import backend, balancing
 from losskit._keras import no_automatic_dependency_tracking
-from losskit._logs import BatchMean, Latest, NanGuard
+from losskit._logs import Latest, NanGuard, StepLogs
 from losskit.objective import Objective
 
 
@@ -69,7 +69,6 @@ class ObjectiveModel(keras.Model):
         self._needs_pred = any(src.kind == "pred" for src in objective.sources)
         self._tapped = self._tap(inner_model, self._needs_pred) if self._taps else None
         self._with_taps = False
-        self._term_trackers = {t.name: BatchMean(t.name) for t in objective.terms}
         self._weight_trackers = {
             t.name: Latest(f"{t.name}_weight")
             for t in objective.terms
@@ -192,7 +191,7 @@ class ObjectiveModel(keras.Model):
                 "loss as a losskit.Term instead."
             )
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_tracker = BatchMean("loss")
+        self._loss_tracker = StepLogs([t.name for t in self.objective.terms])
         metrics = kwargs.get("metrics") or kwargs.get("weighted_metrics")
         if metrics and self._tapped is not None and not self._needs_pred:
             self._tapped = self._tap(self.inner, with_pred=True)  # metrics read the output
@@ -265,16 +264,13 @@ class ObjectiveModel(keras.Model):
         return total
 
     def _track(self, total, result, norms=None):
-        batch = result.batch
+        values = [result.values[t.name] for t in self.objective.terms]
         if result.replicas > 1:
             # A replica's share times N_global / n_local, weighted by n_local, sums to the global
             # value over replicas whatever the split.
-            scale = ops.divide_no_nan(result.global_batch, batch)
-            total = total * scale
-        self._loss_tracker.feed(total, batch)
-        for name, tracker in self._term_trackers.items():
-            value = result.values[name]
-            tracker.feed(value * scale if result.replicas > 1 else value, batch)
+            scale = ops.divide_no_nan(result.global_batch, result.batch)
+            total, values = total * scale, [v * scale for v in values]
+        self._loss_tracker.feed(total, values, result.batch)
         for name, tracker in self._weight_trackers.items():
             tracker.update_state(result.weights[name])  # the weight this step applied
         for name, tracker in self._norm_trackers.items():
