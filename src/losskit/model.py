@@ -74,6 +74,10 @@ class ObjectiveModel(keras.Model):
             for t in objective.terms
             if callable(t.weight) or self.balance is not None
         }
+        # Only scheduled weights and balancers read the step; otherwise a step spares the update.
+        self._steps_matter = self.balance is not None or any(
+            callable(t.weight) for t in objective.terms
+        )
         self._norm_trackers = {
             t.name: Latest(f"{t.name}_grad_norm") for t in objective.terms if log_grad_norms
         }
@@ -258,7 +262,7 @@ class ObjectiveModel(keras.Model):
             result = dataclasses.replace(result, total=total, weights=weights)
         for loss in self.losses:  # regularizers and add_loss() of the inner model
             total = total + self._aggregate_additional_loss(loss)
-        if training:
+        if training and self._steps_matter:
             self._objective_step.assign(ops.cast(step, "int32") + 1)
         self._track(total, result, norms)
         return total
