@@ -196,20 +196,9 @@ def add_rows(buffer, start, rows, axis=0):
     return _in_place(tf.raw_ops.InplaceAdd, buffer, start, rows, axis)
 
 
-def _transposed_operand(x):
-    """The operand of `x = transpose(y)` in a traced graph (else None): a loop reading blocks of
-    `x` would make XLA materialise the whole transpose before the loop; blocks of `y` are read
-    in place and contracted along their first axis instead."""
-    if tf.executing_eagerly() or x.op.type != "Transpose":
-        return None
-    perm = tf.get_static_value(x.op.inputs[1])
-    return x.op.inputs[0] if perm is not None and list(perm) == [1, 0] else None
-
-
 def add_matmul(acc, a, b, axis, block):
     total = acc.shape[axis]
     block = min(block, total)
-    a_t = _transposed_operand(a) if axis == 0 else None
 
     def step(i, acc):
         # The last block is shifted back to end at `total`; its rows seen before add 0.
@@ -217,10 +206,7 @@ def add_matmul(acc, a, b, axis, block):
         fresh = None
         if total % block:
             fresh = tf.cast(start + tf.range(block) >= i * block, acc.dtype)
-        if axis == 0 and a_t is not None:
-            rows = tf.cast(take(a_t, start, block, 1), acc.dtype)
-            part = tf.matmul(rows, tf.cast(b, acc.dtype), transpose_a=True)
-        elif axis == 0:
+        if axis == 0:
             part = matmul(take(a, start, block, 0), b, acc.dtype)
         else:
             part = matmul(a, take(b, start, block, 1), acc.dtype)

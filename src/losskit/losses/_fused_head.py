@@ -87,6 +87,23 @@ class Head:
         """`dz @ W_block`: the block's contribution to the gradient w.r.t. `hidden`."""
         return backend.matmul(dz, block if self.rows else ops.transpose(block), dtype)
 
+    def chunk_logits(self, h, bias, dtype):
+        """A token chunk's logits over the whole vocabulary, laid out as the projection:
+        `(V, chunk)` for rows, `(chunk, V)` for a kernel (the vocabulary on `self.axis`)."""
+        if self.rows:
+            z = backend.matmul(self.matrix, ops.transpose(h), dtype)
+        else:
+            z = backend.matmul(h, self.matrix, dtype)
+        if bias is not None:
+            z = z + ops.expand_dims(ops.cast(bias, dtype), 1 - self.axis)
+        return z
+
+    def chunk_back(self, dz, dtype):
+        """`dz @ W` for `dz` laid out as `chunk_logits`: the chunk's gradient of `hidden`."""
+        if self.rows:
+            return backend.matmul(ops.transpose(dz), self.matrix, dtype)
+        return backend.matmul(dz, ops.transpose(self.matrix), dtype)
+
     def grad(self, dz, h, dtype):
         """The block's weight gradient, in the layout of the projection."""
         if self.rows:

@@ -31,15 +31,18 @@ def _token_loss(lse, z_y, z_sum, vocab, z_loss, label_smoothing):
     return loss
 
 
-def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing):
+def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing, axis=1):
     """`g * dloss/dz = g * (softmax(z) (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V)` for
-    per-token weights `g` (0 for ignored tokens)."""
+    per-token weights `g` (0 for ignored tokens); the vocabulary runs along `axis` of `z`."""
+    def per_token(x):
+        return ops.expand_dims(x, axis)
+
     coef = g * (1.0 + 2.0 * z_loss * lse) if z_loss else g
-    hit = ops.equal(cols[None, :], y[:, None])
-    dz = ops.exp(z - lse[:, None]) * coef[:, None]
-    dz = dz - ops.where(hit, ((1.0 - label_smoothing) * g)[:, None], ops.zeros_like(dz))
+    hit = ops.equal(ops.expand_dims(cols, 1 - axis), per_token(y))
+    dz = ops.exp(z - per_token(lse)) * per_token(coef)
+    dz = dz - ops.where(hit, per_token((1.0 - label_smoothing) * g), ops.zeros_like(dz))
     if label_smoothing:
-        dz = dz - (label_smoothing / vocab) * g[:, None]
+        dz = dz - (label_smoothing / vocab) * per_token(g)
     return dz
 
 
@@ -153,35 +156,39 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
     """Sum of per-token losses times `scale`, with every gradient computed in the same pass while
     each token chunk's logits exist (Liger): 3 matmuls. The weight gradient is a running sum
     updated in place one vocabulary block at a time, so no `V x H` temporary exists; used where
-    the inputs are already in the accumulation dtype and the backend updates in place."""
+    the inputs are already in the accumulation dtype and the backend updates in place. A chunk's
+    logits lie as the projection does, vocabulary on `head.axis`: `(V, chunk)` for a `(V, H)`
+    weight, whose three products then read it row by row (2-4x faster on XLA:CPU than
+    `(chunk, V)`, with no packed copy of the weight)."""
     head = fh.Head(w, head_rows)
     n, vocab, hdim = h.shape[0], head.vocab, head.hidden_dim
     chunk = fh.token_chunk(n, hdim, vocab, chunk_size)
     block = min(vocab, fh.VOCAB_BLOCK_OVERRIDE or max(fh.tiles(n, hdim, vocab)[1], 4 * chunk))
     ls, zl, ignore = opts["label_smoothing"], opts["z_loss"], opts["ignore_index"]
     cols = ops.arange(vocab, dtype="int32")
+    vax = head.axis
 
     def step(i, carry):
         total, dh, dw, db = carry
         start = fh.block_start(i, chunk, n)
         h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
-        z, _ = fh.block_logits(h_i, head, b, 0, vocab, dtype)
-        lse = ops.logsumexp(z, axis=-1)
+        z = head.chunk_logits(h_i, b, dtype)
+        lse = ops.logsumexp(z, axis=vax)
         # A gather, not a masked sum: XLA:CPU materialises the input of a reduction (one more
-        # chunk of logits). Ignored labels read column 0 and are masked below.
-        z_y = ops.take_along_axis(z, ops.clip(y_i, 0, vocab - 1)[:, None], axis=1)[:, 0]
-        z_sum = ops.sum(z, axis=-1) if ls else None
+        # chunk of logits). Ignored labels read class 0 and are masked below.
+        y_c = ops.expand_dims(ops.clip(y_i, 0, vocab - 1), vax)
+        z_y = ops.squeeze(ops.take_along_axis(z, y_c, axis=vax), vax)
+        z_sum = ops.sum(z, axis=vax) if ls else None
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
         total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
         g = ops.where(valid, scale * ops.ones_like(lse), ops.zeros_like(lse))
-        dz = _dlogits(z, lse, cols, y_i, g, vocab, zl, ls)
-        dh = backend.add_rows(dh, start, head.back(dz, head.matrix, dtype))
+        dz = _dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax)
+        dh = backend.add_rows(dh, start, head.chunk_back(dz, dtype))
         if b is not None:
-            db = db + ops.sum(dz, axis=0)
-
+            db = db + ops.sum(dz, axis=1 - vax)
         if head.rows:
-            dw = backend.add_matmul(dw, ops.transpose(dz), h_i, 0, block)
+            dw = backend.add_matmul(dw, dz, h_i, 0, block)
         else:
             dw = backend.add_matmul(dw, ops.transpose(h_i), dz, 1, block)
         return total, dh, dw, db
