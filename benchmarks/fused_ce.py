@@ -13,10 +13,11 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
   `GradientTape`, `tf.function`, `tf.function(jit_compile=True)`, JAX eager and jit, torch eager;
   N = 4096, H = 512, V = 32768; also the first call in a process that has made one tiny call
   (N = 256, H = 64, V = 2048) of the same candidate (`after_tiny_call_over_grads`: the
-  libraries' one-time set-up paid, the loss's own memory at this size). Resident memory (the kernel's high-water mark reset just before
-  the call), except under TensorFlow: its allocator's own peak (its pool reuses freed memory the
-  resident size cannot see; `rss_peak_extra_mib` is recorded too), and compiled TF functions are
-  called once before (compilation and graph optimisation are not the call);
+  libraries' one-time set-up paid, the loss's own memory at this size). Resident memory (the
+  kernel's high-water mark reset just before the call), except under TensorFlow: its
+  allocator's own peak (its pool reuses freed memory the resident size cannot see;
+  `rss_peak_extra_mib` is recorded too), and compiled TF functions are called once before
+  (compilation and graph optimisation are not the call);
 - bfloat16 accuracy at full size (`--part precision`): the loss vs a float64 computation on the
   same rounded inputs.
 
