@@ -310,6 +310,27 @@ def test_compiled_temporaries_within_the_gradients_size(dtype, reduction):
         assert memory.temp_size_in_bytes <= 0.25 * grad_bytes
 
 
+def test_in_place_schedule_holds_one_chunk_of_logits():
+    """Without a bias, `dlogits` overwrites the chunk's logits and the weight-gradient blocks read
+    it in place: XLA's temporaries are one chunk of logits. (With `(chunk, V)` chunks it kept a
+    transposed copy of `dlogits` for the blocks: two chunks.)"""
+    if BACKEND != "jax":
+        pytest.skip("XLA's static memory analysis is read through jax.jit")
+    import jax
+    import jax.numpy as jnp
+
+    from losskit.losses import _fused_head
+
+    n, hdim, vocab = 1024, 256, 8192
+    args = (jnp.zeros((n, hdim), "float32"), jnp.zeros((vocab, hdim), "float32"),
+            jnp.zeros((n,), "int32"))
+    step = jax.jit(jax.value_and_grad(
+        lambda h, w, y: fused_linear_cross_entropy(h, w, y), argnums=(0, 1)))
+    temp = step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    chunk_logits_bytes = _fused_head.token_chunk(n, hdim, vocab, None) * vocab * 4
+    assert chunk_logits_bytes <= temp < 1.5 * chunk_logits_bytes
+
+
 def test_clear_errors():
     hidden, weight, bias, labels = problem(4, 3, 5)
     name = "fused_linear_cross_entropy"
