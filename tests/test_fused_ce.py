@@ -115,14 +115,15 @@ def test_matches_naive_with_bias_and_ignore_index(reduction, options, schedule):
 
 @pytest.mark.parametrize("mode", compile_modes())
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_every_execution_mode(mode, reduction, schedule):
+@pytest.mark.parametrize("layout", ["weight", "kernel"])
+def test_every_execution_mode(mode, reduction, layout, schedule):
     hidden, weight, bias, labels = problem(23, 8, 19, ignore_every=4)
-    fn = compiled(
-        lambda h, w, b, y: fused_linear_cross_entropy(
-            h, w, y, bias=b, chunk_size=8, z_loss=1e-3, reduction=reduction
-        ),
-        mode,
-    )
+    def fused(h, w, b, y):
+        head = {"weight": w} if layout == "weight" else {"kernel": ops.transpose(w)}
+        return fused_linear_cross_entropy(h, labels=y, bias=b, chunk_size=8, z_loss=1e-3,
+                                          reduction=reduction, **head)
+
+    fn = compiled(fused, mode)
     y = ops.convert_to_tensor(labels)
     assert_same(
         lambda h, w, b: fn(h, w, b, y),
