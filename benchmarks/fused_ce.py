@@ -232,11 +232,13 @@ def part_modes(args):
                 if "error" not in row:
                     warmed = _probe_row(subprocess.run([*cmd, "--probe-warm"], env=env,
                                                        capture_output=True, text=True))
-                    row["after_tiny_call_peak_extra_mib"] = warmed.get("peak_extra_mib")
                     out = grad_bytes(n, h, v, dtype) / 2**20
                     row["over_grads"] = row["peak_extra_mib"] / out
                     row["warm_over_grads"] = row["warm_peak_extra_mib"] / out
-                    if "peak_extra_mib" in warmed:
+                    if "error" in warmed:
+                        row["after_tiny_call_error"] = warmed["error"]
+                    else:
+                        row["after_tiny_call_peak_extra_mib"] = warmed["peak_extra_mib"]
                         row["after_tiny_call_over_grads"] = warmed["peak_extra_mib"] / out
                 result[f"{mode}/{dtype}/{name}"] = row
                 print(f"modes {backend} {mode:6s} {dtype:8s} {name:16s} {row}", flush=True)
