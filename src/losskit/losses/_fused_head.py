@@ -93,7 +93,7 @@ class Head:
         if self.rows:
             z = backend.matmul(self.matrix, ops.transpose(h), dtype)
         else:
-            z = backend.matmul(h, self.matrix, dtype)
+            z = self.logits(h, self.matrix, dtype)
         if bias is not None:
             z = z + ops.expand_dims(ops.cast(bias, dtype), 1 - self.axis)
         return z
@@ -102,7 +102,7 @@ class Head:
         """`dz @ W` for `dz` laid out as `chunk_logits`: the chunk's gradient of `hidden`."""
         if self.rows:
             return backend.matmul(ops.transpose(dz), self.matrix, dtype)
-        return backend.matmul(dz, ops.transpose(self.matrix), dtype)
+        return self.back(dz, self.matrix, dtype)
 
     def grad(self, dz, h, dtype):
         """The block's weight gradient, in the layout of the projection."""
