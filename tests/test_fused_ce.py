@@ -191,6 +191,35 @@ def test_16bit_inputs_accumulate_in_float32(dtype, schedule):
     np.testing.assert_allclose(grads[1].astype("float64"), p.T @ h64, atol=2e-3, rtol=2e-2)
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_dense_head_under_a_mixed_precision_policy(policy, schedule):
+    """Under a mixed policy a Dense head's output is 16-bit and its kernel and bias float32: the
+    loss equals the float32 computation on the rounded hidden states, and each gradient comes
+    back in its input's dtype."""
+    hidden, weight, bias, labels = problem(40, 16, 50, ignore_every=5)
+    keras.config.set_dtype_policy(policy)  # reset after each test (conftest)
+    dense = keras.layers.Dense(50)
+    dense.build((None, 16))
+    dense.kernel.assign(np.ascontiguousarray(weight.T))
+    dense.bias.assign(bias)
+    dtype = dense.compute_dtype
+    h16 = ops.cast(hidden, dtype)
+    value, grads = value_and_grad(
+        lambda h, k, b: fused_linear_cross_entropy(h, labels=labels, kernel=k, bias=b),
+        h16, dense.kernel.value, dense.bias.value,
+    )
+    assert [str(g.dtype) for g in grads] == [dtype, "float32", "float32"]
+    keras.config.set_dtype_policy("float32")
+    rounded = ops.convert_to_numpy(ops.cast(h16, "float32"))
+    want, want_grads = value_and_grad(lambda h, w, b: naive(h, w, labels, bias=b),
+                                      rounded, weight, bias)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(grads[1], want_grads[1].T, atol=1e-5)
+    np.testing.assert_allclose(grads[2], want_grads[2], atol=1e-5)
+    # dh is rounded to the 16-bit compute dtype on the way out.
+    np.testing.assert_allclose(grads[0].astype("float32"), want_grads[0], atol=1e-2, rtol=1e-2)
+
+
 def test_masked_vocabulary_columns(schedule):
     """A -inf bias masks columns: finite values and gradients equal to the naive loss on the
     unmasked columns, zero weight gradient on masked ones; a masked target gives +inf."""
