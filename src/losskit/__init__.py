@@ -1,6 +1,6 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import balancing, gradients, losses, metrics, schedules, sources
+from losskit import balancing, domains, gradients, losses, metrics, schedules, sources
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
@@ -16,6 +16,7 @@ __all__ = [
     "FunctionMetric",
     "check_gradients",
     "custom_gradient",
+    "domains",
     "gradients",
     "loss",
     "losses",

@@ -8,6 +8,8 @@ import types
 import keras
 import numpy as np
 
+from losskit import domains as _domains
+
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
@@ -43,18 +45,27 @@ def keyword_parameters(fn, kind, reserved):
     return defaults
 
 
-def make_class(fn, base, kind, package, name):
-    """Creates `base` subclass `name` wrapping `fn` and registers it as `package>name`."""
+def make_class(fn, base, kind, package, name, domains=None):
+    """Creates `base` subclass `name` wrapping `fn` and registers it as `package>name`.
+
+    `domains` (`{parameter: losskit.domains.Domain}`) are added to those `fn` declares itself (a
+    library function's `@register(domains=...)`), checked at construction, listed in the docstring.
+    """
     reserved = base.base_parameters
     defaults = keyword_parameters(fn, kind, reserved)
     class_name = name or fn.__name__
+    own = _domains.declare(fn, domains)
+    declared = {**getattr(fn, "domains", {}), **own}
+    # Every default must lie in its domain: a declaration that refuses the default is a typo.
+    _domains.validate(f"{kind} '{class_name}' (default)", declared, defaults)
     cls = type(
         class_name,
         (base,),
         {
             "fn": staticmethod(fn),
             "defaults": types.MappingProxyType(defaults),
-            "__doc__": fn.__doc__,
+            "domains": types.MappingProxyType(declared),
+            "__doc__": _domains.docstring(fn.__doc__, own) if own else fn.__doc__,
             "__module__": fn.__module__,
             "__qualname__": class_name,
         },
@@ -100,7 +111,9 @@ def bind_parameters(cls, args, params):
             )
         # A string such as delta="2.0" would otherwise fail deep inside the backend, naming
         # neither the loss nor the parameter.
-        if _numeric_default(cls.defaults[key]) and not _is_number(value):
+        if key in cls.domains:
+            cls.domains[key].validate(f"{cls.__name__}", key, value)
+        elif _numeric_default(cls.defaults[key]) and not _is_number(value):
             raise TypeError(
                 f"{cls.__name__}: parameter '{key}' must be a number (int or float), got "
                 f"{value!r} of type {type(value).__name__}."

@@ -57,7 +57,7 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
         return {**super().get_config(), "dtype": self._dtype_policy.name, **self.params}
 
 
-def loss(fn=None, *, package="losskit", name=None, sparse_labels=False):
+def loss(fn=None, *, package="losskit", name=None, sparse_labels=False, domains=None):
     """Turns a per-sample loss function into a registered, serializable `keras.losses.Loss` class.
 
     ```python
@@ -83,9 +83,15 @@ def loss(fn=None, *, package="losskit", name=None, sparse_labels=False):
         name: class and registration name (default: the function's name).
         sparse_labels: `y_true` holds integer class indices of shape `y_pred.shape[:-1]`; they
             keep their integer dtype instead of being cast to float.
+        domains: `{parameter: domain}` from `losskit.domains` (`positive`, `interval(0, 1)`,
+            `one_of("a", "b")`, ...): checked when the class is constructed (TypeError for a
+            wrong type, ValueError for a value outside, naming the loss, parameter, value and
+            domain) and listed under "Parameter domains" in the class's docstring.
     """
     if fn is None:
-        return lambda f: loss(f, package=package, name=name, sparse_labels=sparse_labels)
-    cls = _wrap.make_class(fn, FunctionLoss, "loss", package, name)
+        return lambda f: loss(
+            f, package=package, name=name, sparse_labels=sparse_labels, domains=domains
+        )
+    cls = _wrap.make_class(fn, FunctionLoss, "loss", package, name, domains)
     cls.sparse_labels = sparse_labels
     return cls

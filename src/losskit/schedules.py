@@ -19,15 +19,15 @@ import numbers
 import keras
 from keras import ops
 
+from losskit import domains
+
 _register = keras.saving.register_keras_serializable(package="losskit")
 
 
-def _number(schedule, name, value):
-    """`value` as a finite float; strings, bools, NaN and inf are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{schedule}: {name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{schedule}: {name} must be finite, got {value!r}")
+def _number(schedule, name, value, domain=domains.finite):
+    """`value` as a float in `domain` (the checks of `losskit.domains`, as for loss parameters);
+    strings, bools, NaN and inf are refused."""
+    domain.validate(schedule, name, value)
     return float(value)
 
 
@@ -140,10 +140,8 @@ class Sigmoid(Schedule):
     """
 
     def __init__(self, start=0.0, end=1.0, midpoint=1000, rate=0.01):
-        rate = _number("Sigmoid", "rate", rate)
-        if rate <= 0:
-            # rate 0 is a constant and a negative rate runs from `end` to `start`: both mistakes.
-            raise ValueError(f"Sigmoid: rate must be > 0, got {rate!r}")
+        # rate 0 is a constant and a negative rate runs from `end` to `start`: both mistakes.
+        rate = _number("Sigmoid", "rate", rate, domains.positive)
         self._config = {
             "start": _number("Sigmoid", "start", start),
             "end": _number("Sigmoid", "end", end),
@@ -170,9 +168,7 @@ class Cyclical(Schedule):
     """
 
     def __init__(self, period, start=0.0, end=1.0, ratio=0.5, cycles=None):
-        ratio = _number("Cyclical", "ratio", ratio)
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"Cyclical: ratio must satisfy 0 < ratio <= 1, got {ratio!r}")
+        ratio = _number("Cyclical", "ratio", ratio, domains.interval(0, 1, low_closed=False))
         self._config = {
             "period": _integer("Cyclical", "period", period, 1),
             "start": _number("Cyclical", "start", start),

@@ -6,12 +6,13 @@ by `losskit.sources`), checks everything it can at construction, and computes it
 """
 
 import inspect
+import numbers
 from collections.abc import Mapping
 
 import keras
 from keras import ops
 
-from losskit import _contract, _keras, _precision, schedules, sources
+from losskit import _contract, _keras, _precision, domains, schedules, sources
 from losskit._wrap import is_lambda
 from losskit.loss import FunctionLoss
 
@@ -32,11 +33,13 @@ def _target(fn):
 def _check_weight(name, weight):
     if callable(weight):
         return weight
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise TypeError(
             f"Term '{name}': weight must be a number or a losskit.schedules schedule, "
             f"got {weight!r}"
         )
+    # The same check as a loss parameter's: a NaN or infinite weight poisons every step.
+    domains.finite.validate(f"Term '{name}'", "weight", weight)
     return float(weight)
 
 

@@ -19,10 +19,14 @@ losses) and records it under its family, the module's last name. `losskit.losses
 and `FAMILIES` are read from this registry.
 """
 
+import functools
+import inspect
+
 import keras
 from keras import ops
 
 from losskit import _contract, _precision, _wrap
+from losskit import domains as _domains
 from losskit._keras import set_keras_mask
 from losskit.loss import FunctionLoss, loss
 
@@ -37,15 +41,56 @@ def _family(module):
     return module.rsplit(".", 1)[-1]
 
 
-def register(fn=None, *, precision="float32"):
-    """Registers a library loss function (see the module docstring)."""
+def _pair(fn, shapes):
+    """How `fn`'s `(y_true, y_pred)` must match: "same" (equal shapes, a trailing 1 aligned),
+    "sparse" (integer labels of `y_pred.shape[:-1]`), or None (the function checks itself)."""
+    if shapes is not None:
+        if shapes not in ("same", "sparse", "own"):
+            raise ValueError(f"register: shapes must be 'same', 'sparse' or 'own', got {shapes!r}")
+        return None if shapes == "own" else shapes
+    names = list(inspect.signature(fn).parameters)[:2]
+    return "same" if names == ["y_true", "y_pred"] else None
+
+
+def register(fn=None, *, precision="float32", domains=None, shapes=None):
+    """Registers a library loss function (see the module docstring).
+
+    `domains` maps parameter names to `losskit.domains` objects: checked on every call before any
+    tensor work (and by the Loss class at construction), and listed in the docstring. `shapes`:
+    how `(y_true, y_pred)` must match ("same" by default for functions of `y_true, y_pred`,
+    "sparse" for integer class indices, "own" where the function checks its own shapes).
+    """
     if fn is None:
-        return lambda f: register(f, precision=precision)
+        return lambda f: register(f, precision=precision, domains=domains, shapes=shapes)
     if precision not in ("float32", "input"):
         raise ValueError(f"register: precision must be 'float32' or 'input', got {precision!r}")
-    wrapped = _precision.compute_in_float32(fn) if precision == "float32" else fn
-    # Both forms take NumPy arrays on every backend.
+    declared = _domains.declare(fn, domains)
+    inner = _precision.compute_in_float32(fn) if precision == "float32" else fn
+    signature = inspect.signature(fn)
+    owner = f"loss '{fn.__name__}'"
+    pair = _pair(fn, shapes)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        if not declared and pair is None:
+            return inner(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{owner}: {error}") from None
+        arguments = bound.arguments
+        _domains.validate(owner, declared, arguments)
+        if pair is not None and "y_true" in arguments and "y_pred" in arguments:
+            _contract.check_floating(owner, arguments["y_pred"])
+            arguments["y_true"], arguments["y_pred"] = _contract.align(
+                owner, arguments["y_true"], arguments["y_pred"], pair == "sparse"
+            )
+        return inner(*bound.args, **bound.kwargs)
+
+    wrapped.__doc__ = _domains.docstring(fn.__doc__, declared)
+    wrapped.domains = declared
     wrapped.precision = precision
+    wrapped.shapes = pair
     wrapped = keras.saving.register_keras_serializable(package=PACKAGE)(wrapped)
     FUNCTIONS[fn.__name__] = (_family(fn.__module__), wrapped)
     return wrapped

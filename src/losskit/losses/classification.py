@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import (
     as_float,
     epsilon,
@@ -25,6 +26,9 @@ from losskit.losses._common import (
     public,
     register,
 )
+
+# Keras's label smoothing: the target keeps weight 1 - s, so s = 1 would erase it.
+_SMOOTHING = dom.interval(0, 1, high_closed=False)
 
 
 def _log_probs(y_pred, from_logits, axis=-1):
@@ -48,7 +52,7 @@ def _smooth(y_true, label_smoothing, num_classes):
     return y_true
 
 
-@register
+@register(domains=dict(from_logits=dom.boolean, label_smoothing=_SMOOTHING))
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
     r"""Cross-entropy with one-hot (or soft) targets:
     :math:`-\sum_k y_k \log p_k`, with :math:`p = \operatorname{softmax}(z)` for logits
@@ -73,7 +77,9 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     return -_weighted_sum(y_true, _log_probs(y_pred, from_logits))
 
 
-@register
+@register(domains=dict(
+    from_logits=dom.boolean, label_smoothing=_SMOOTHING,
+    ignore_index=dom.optional(dom.integer)), shapes="sparse")
 def sparse_categorical_crossentropy(
     y_true, y_pred, from_logits=False, label_smoothing=0.0, ignore_index=None
 ):
@@ -104,7 +110,9 @@ def sparse_categorical_crossentropy(
     return values
 
 
-@register
+@register(domains=dict(
+    from_logits=dom.boolean, label_smoothing=_SMOOTHING,
+    pos_weight=dom.nonnegative))
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, pos_weight=1.0):
     r"""Binary cross-entropy with a positive-class weight :math:`w_+`:
     :math:`w_+\, y \,(-\log p) + (1 - y)(-\log(1 - p))`, averaged over the non-batch axes.
@@ -126,7 +134,9 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     return per_sample_mean(pos_weight * y_true * neg_log_p + (1.0 - y_true) * neg_log_q)
 
 
-@register
+@register(domains=dict(
+    gamma=dom.nonnegative, alpha=dom.optional(dom.probability), from_logits=dom.boolean,
+    mode=dom.one_of("binary", "categorical")))
 def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary"):
     r"""Focal loss: cross-entropy down-weighted on well-classified examples by
     :math:`(1 - p_t)^\gamma`.
@@ -149,8 +159,6 @@ def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary
         if alpha is not None:
             weight = alpha * weight
         return -_weighted_sum(weight * y_true, log_p)
-    if mode != "binary":
-        raise ValueError(f"focal: mode must be 'binary' or 'categorical', got {mode!r}")
     neg_log_p, neg_log_q = neg_log_binary(y_pred, from_logits)
     if from_logits:  # 1 - sigmoid(z) = sigmoid(-z), exact in the saturated tail
         p, one_minus_p = ops.sigmoid(y_pred), ops.sigmoid(-y_pred)
@@ -165,7 +173,8 @@ def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary
     return per_sample_mean(values)
 
 
-@register
+@register(domains=dict(
+    epsilon=dom.interval(-1), from_logits=dom.boolean, label_smoothing=_SMOOTHING))
 def poly1(y_true, y_pred, epsilon=1.0, from_logits=False, label_smoothing=0.0):
     r"""Poly-1 loss: cross-entropy plus :math:`\epsilon (1 - p_t)`,
     :math:`p_t = \sum_k y_k p_k` (one-hot or soft targets over the last axis).
@@ -180,7 +189,7 @@ def poly1(y_true, y_pred, epsilon=1.0, from_logits=False, label_smoothing=0.0):
     return -_weighted_sum(y_true, log_p) + epsilon * (1.0 - p_t)
 
 
-@register
+@register(domains=dict(margin=dom.nonnegative))
 def multiclass_hinge(y_true, y_pred, margin=1.0):
     r"""Multi-class hinge loss of Crammer & Singer on scores :math:`s` with one-hot targets:
     :math:`\max(0,\ m + \max_{j \ne y} s_j - s_y)`.
@@ -287,7 +296,8 @@ def squared_hinge(y_true, y_pred):
     return per_sample_mean(ops.square(ops.relu(_hinge_margins(y_true, y_pred))))
 
 
-@register
+@register(domains=dict(
+    q=dom.interval(0, 1, low_closed=False), from_logits=dom.boolean), shapes="sparse")
 def generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
     r"""Generalized cross-entropy (the :math:`\mathcal{L}_q` loss) with integer labels `y_true`
     of shape `y_pred.shape[:-1]`: :math:`(1 - p_y^q) / q`, :math:`q \in (0, 1]`.
@@ -300,8 +310,6 @@ def generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
     Deep Neural Networks with Noisy Labels", NeurIPS 2018.
     Keras: `keras.losses.CategoricalGeneralizedCrossEntropy` (probabilities, integer labels).
     """
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"generalized_cross_entropy: q must be in (0, 1], got {q}")
     labels = ops.cast(y_true, "int32")
     if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, -1)
@@ -313,7 +321,7 @@ def generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
 _KAPPA_WEIGHTS = ("linear", "quadratic")
 
 
-@register
+@register(domains=dict(weightage=dom.one_of(*_KAPPA_WEIGHTS), epsilon=dom.positive))
 def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
     r"""Weighted kappa loss for ordinal classes (one-hot `y_true`, class probabilities `y_pred`,
     shape `(N, K)`): :math:`\log(O / E + \epsilon)` with weights
@@ -331,10 +339,6 @@ def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
     classification of ordinal data in deep learning", Pattern Recognition Letters 2018.
     TF Addons: `tfa.losses.WeightedKappaLoss`.
     """
-    if weightage not in _KAPPA_WEIGHTS:
-        raise ValueError(
-            f"weighted_kappa: weightage must be one of {_KAPPA_WEIGHTS}, got {weightage!r}"
-        )
     if len(y_pred.shape) != 2:
         raise ValueError(
             f"weighted_kappa: y_pred must have shape (N, K), got {tuple(y_pred.shape)}"

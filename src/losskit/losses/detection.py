@@ -11,6 +11,7 @@ import math
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import family, loss_class, per_sample_mean, public, register
 
 
@@ -45,7 +46,7 @@ def _iou_parts(y_true, y_pred, eps):
     return iou, union, enclosing
 
 
-@register
+@register(domains=dict(eps=dom.positive))
 def giou(y_true, y_pred, eps=1e-7):
     r"""Generalized IoU loss :math:`1 - \mathrm{GIoU}` for boxes ``(x1, y1, x2, y2)``:
 
@@ -64,7 +65,7 @@ def giou(y_true, y_pred, eps=1e-7):
     return per_sample_mean(1.0 - iou + (area_c - union) / (area_c + eps))
 
 
-@register
+@register(domains=dict(eps=dom.positive))
 def ciou(y_true, y_pred, eps=1e-7):
     r"""Complete IoU loss for boxes ``(x1, y1, x2, y2)``:
 

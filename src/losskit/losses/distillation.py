@@ -2,10 +2,11 @@ r"""Knowledge distillation: `distillation_kl`."""
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import family, loss_class, public, register
 
 
-@register
+@register(domains=dict(temperature=dom.positive))
 def distillation_kl(teacher_logits, student_logits, temperature=2.0):
     r"""Hinton distillation loss: the KL divergence between the temperature-softened teacher and
     student distributions, scaled by :math:`T^2` so its gradient magnitude does not depend on

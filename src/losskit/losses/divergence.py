@@ -16,14 +16,10 @@ import math
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import epsilon, family, loss_class, public, register, safe_log
 
 _INPUT_TYPES = ("probabilities", "log_probabilities", "logits")
-
-
-def _check(input_type, name):
-    if input_type not in _INPUT_TYPES:
-        raise ValueError(f"{name}: input_type must be one of {_INPUT_TYPES}, got {input_type!r}")
 
 
 def _log_and_probs(x, input_type):
@@ -32,7 +28,7 @@ def _log_and_probs(x, input_type):
     return log_x, ops.exp(log_x)
 
 
-@register
+@register(domains=dict(input_type=dom.one_of(*_INPUT_TYPES)))
 def kl_divergence(p, q, input_type="probabilities"):
     r"""Kullback-Leibler divergence :math:`\mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k -
     \log q_k) \ge 0`, zero iff :math:`p = q`.
@@ -41,7 +37,6 @@ def kl_divergence(p, q, input_type="probabilities"):
     Keras: `keras.losses.kl_divergence(p, q)` (probabilities); optax:
     `optax.losses.kl_divergence(log_q, p)`; torch: `F.kl_div(log_q, p, reduction="none").sum(-1)`.
     """
-    _check(input_type, "kl_divergence")
     p = ops.cast(p, q.dtype)
     if input_type == "probabilities":
         log_q = ops.log(ops.clip(q, epsilon(), 1.0))
@@ -51,7 +46,7 @@ def kl_divergence(p, q, input_type="probabilities"):
     return ops.sum(probs_p * (log_p - log_q), axis=-1)
 
 
-@register
+@register(domains=dict(input_type=dom.one_of(*_INPUT_TYPES)))
 def js_divergence(p, q, input_type="probabilities"):
     r"""Jensen-Shannon divergence :math:`\tfrac12 \mathrm{KL}(p \,\|\, m) + \tfrac12
     \mathrm{KL}(q \,\|\, m)`, :math:`m = \tfrac12 (p + q)`: symmetric, in :math:`[0, \log 2]`,
@@ -61,7 +56,6 @@ def js_divergence(p, q, input_type="probabilities"):
     Reference: J. Lin, "Divergence Measures Based on the Shannon Entropy", IEEE Trans. Inf. Theory
     1991. No Keras/optax/torch built-in.
     """
-    _check(input_type, "js_divergence")
     p = ops.cast(p, q.dtype)
     if input_type == "probabilities":
         log_m = safe_log(0.5 * (p + q))
@@ -76,7 +70,7 @@ def js_divergence(p, q, input_type="probabilities"):
     return 0.5 * (kl_pm + kl_qm)
 
 
-@register
+@register(domains=dict(log_input=dom.boolean))
 def generalized_kl(p, q, log_input=False):
     r"""Generalized KL divergence between non-negative, unnormalised measures :math:`p, q`
     (I-divergence): :math:`\sum_k \left(p_k \log\frac{p_k}{q_k} - p_k + q_k\right) \ge 0`, zero iff

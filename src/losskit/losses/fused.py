@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from losskit import backend
+from losskit import domains as dom
 from losskit.gradients import custom_gradient, in_plain_autodiff
 from losskit.losses import _fused_head as fh
 from losskit.losses._common import family, masked, public, register
@@ -209,7 +210,10 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
     return total * scale, grad_fn
 
 
-@register(precision="input")
+@register(precision="input", domains=dict(
+    chunk_size=dom.optional(dom.positive_integer), ignore_index=dom.integer,
+    z_loss=dom.nonnegative, label_smoothing=dom.interval(0, 1, high_closed=False),
+    reduction=dom.one_of("mean", "sum", "none")))
 def fused_linear_cross_entropy(
     hidden,
     weight=None,

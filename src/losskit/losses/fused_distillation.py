@@ -11,6 +11,7 @@ import math
 from keras import ops
 
 from losskit import backend
+from losskit import domains as dom
 from losskit.gradients import custom_gradient
 from losskit.losses import _fused_head as fh
 from losskit.losses._common import family, masked, public, register
@@ -125,7 +126,10 @@ def _distill(hs, ws, ht, wt, y, *, rows_s, rows_t, dtype, opts):
     return loss, grad_fn
 
 
-@register(precision="input")
+@register(precision="input", domains=dict(
+    temperature=dom.positive, divergence=dom.one_of("kl", "jsd"),
+    beta=dom.interval(0, 1, low_closed=False, high_closed=False), ignore_index=dom.integer,
+    chunk_size=dom.optional(dom.positive_integer), reduction=dom.one_of("mean", "sum", "none")))
 def fused_linear_distillation(
     student_hidden,
     student_weight=None,

@@ -2,6 +2,7 @@ r"""Generative-model losses: `gaussian_kl` (VAE latent KL), `bernoulli_nll` (rec
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import (
     family,
     loss_class,
@@ -12,7 +13,7 @@ from losskit.losses._common import (
 )
 
 
-@register
+@register(domains=dict(free_bits=dom.nonnegative))
 def gaussian_kl(z_mean, z_log_var, free_bits=0.0):
     r"""KL divergence of the VAE posterior :math:`\mathcal N(\mu, \operatorname{diag}\sigma^2)`
     from the prior :math:`\mathcal N(0, I)`, summed over the latent dimensions:
@@ -37,7 +38,7 @@ def gaussian_kl(z_mean, z_log_var, free_bits=0.0):
     return per_sample_sum(per_dim)
 
 
-@register
+@register(domains=dict(from_logits=dom.boolean))
 def bernoulli_nll(targets, predictions, from_logits=False):
     r"""Bernoulli reconstruction NLL, summed over all non-batch axes (e.g. pixels):
 

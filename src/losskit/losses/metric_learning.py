@@ -31,6 +31,7 @@ has the shape of ``y_pred`` without its last axis).
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import family, loss_class, public, register
 from losskit.losses._pairwise import (
     hardest_positive_negative,
@@ -47,6 +48,7 @@ from losskit.losses._pairwise import (
 )
 
 _MINING = ("batch_hard", "semi_hard")
+_BLOCK = dom.optional(dom.positive_integer)
 
 
 def _check_inputs(name, labels, embeddings):
@@ -62,7 +64,7 @@ def _check_inputs(name, labels, embeddings):
     return labels
 
 
-@register
+@register(domains=dict(margin=dom.nonnegative, block_size=_BLOCK))
 def contrastive(labels, embeddings, margin=1.0, block_size=None):
     r"""Contrastive loss (Hadsell, Chopra & LeCun, CVPR 2006), over all pairs of the batch.
 
@@ -89,7 +91,9 @@ def contrastive(labels, embeddings, margin=1.0, block_size=None):
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@register
+@register(domains=dict(
+    margin=dom.nonnegative, mining=dom.one_of(*_MINING), squared=dom.boolean,
+    block_size=_BLOCK, soft_margin=dom.boolean))
 def triplet(
     labels,
     embeddings,
@@ -120,8 +124,6 @@ def triplet(
     References: F. Schroff et al., "FaceNet", CVPR 2015; A. Hermans et al., "In Defense of the
     Triplet Loss for Person Re-Identification", arXiv:1703.07737.
     """
-    if mining not in _MINING:
-        raise ValueError(f"triplet: mining must be one of {_MINING}, got {mining!r}")
     labels = _check_inputs("triplet", labels, embeddings)
 
     def penalty(gap):
@@ -146,7 +148,7 @@ def _similarity_logits(embeddings, temperature, normalize):
     return embeddings, 1.0 / temperature
 
 
-@register
+@register(domains=dict(temperature=dom.positive, normalize=dom.boolean, block_size=_BLOCK))
 def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
     r"""InfoNCE / NT-Xent (Oord et al. 2018; Chen et al. 2020, SimCLR).
 
@@ -177,7 +179,7 @@ def info_nce(labels, embeddings, temperature=0.1, normalize=True, block_size=Non
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@register
+@register(domains=dict(temperature=dom.positive, normalize=dom.boolean, block_size=_BLOCK))
 def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None):
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` (Khosla et al. 2020).
 
@@ -207,7 +209,7 @@ def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None)
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@register
+@register(domains=dict(gamma=dom.positive, margin=dom.nonnegative, block_size=_BLOCK))
 def circle(labels, embeddings, gamma=80.0, margin=0.4, block_size=None):
     r"""Circle loss (Sun et al. 2020) on L2-normalised embeddings, pair-based form.
 
@@ -241,7 +243,7 @@ def circle(labels, embeddings, gamma=80.0, margin=0.4, block_size=None):
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@register
+@register(domains=dict(margin=dom.nonnegative))
 def lifted_structured(labels, embeddings, margin=1.0):
     r"""Lifted structured loss (Oh Song et al. 2016), one value per anchor.
 

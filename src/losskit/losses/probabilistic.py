@@ -12,6 +12,7 @@ import math
 from keras import ops
 
 from losskit import backend
+from losskit import domains as dom
 from losskit.gradients import custom_gradient
 from losskit.losses._common import (
     PackedLoss,
@@ -28,7 +29,7 @@ from losskit.losses._common import (
 # Gaussian
 
 
-@register
+@register(domains=dict(eps=dom.positive, full=dom.boolean))
 def gaussian_nll(y_true, mean, variance, eps=1e-6, full=False):
     r"""Heteroscedastic Gaussian NLL, averaged over the non-batch axes:
 
@@ -50,7 +51,7 @@ def gaussian_nll(y_true, mean, variance, eps=1e-6, full=False):
     return per_sample_mean(value)
 
 
-@register
+@register(domains=dict(eps=dom.positive, full=dom.boolean), shapes="own")
 def gaussian_nll_packed(y_true, y_pred, eps=1e-6, full=False):
     r"""`gaussian_nll` with `y_pred = concatenate([mean, variance], axis=-1)`: the form of the
     `GaussianNLL` Loss class, for a model with one output of `2 * d` units,
@@ -65,7 +66,7 @@ def gaussian_nll_packed(y_true, y_pred, eps=1e-6, full=False):
 # Poisson
 
 
-@register
+@register(domains=dict(log_input=dom.boolean, full=dom.boolean))
 def poisson_nll(y_true, y_pred, log_input=False, full=False):
     r"""Poisson NLL of counts :math:`y` under rate :math:`\lambda`, averaged over the non-batch
     axes: :math:`\lambda - y \log \lambda` [:math:`+ \log y!` if full, via `lgamma(y + 1)`].

@@ -23,7 +23,7 @@ def _lists(name, y_true, y_pred):
     return labels, labels >= 0
 
 
-@register
+@register(shapes="own")  # lists: checked by _lists
 def ranking_softmax(y_true, y_pred):
     r"""Listwise softmax cross-entropy: the labels normalised to a distribution over the list's
     items against the softmax of the scores,
@@ -46,7 +46,7 @@ def ranking_softmax(y_true, y_pred):
     return -ops.sum(ops.where(valid, targets * log_p, 0.0), axis=-1)
 
 
-@register
+@register(shapes="own")  # lists: checked by _lists
 def pairwise_logistic(y_true, y_pred):
     r"""Pairwise logistic (RankNet) loss: over the ordered pairs of valid items with
     :math:`y_i > y_j`,
@@ -69,7 +69,7 @@ def pairwise_logistic(y_true, y_pred):
     return total / ops.maximum(count, 1.0)
 
 
-@register
+@register(shapes="own")  # lists: checked by _lists
 def list_mle(y_true, y_pred):
     r"""ListMLE: the negative Plackett-Luce log-likelihood of the ranking given by the labels,
 

@@ -11,6 +11,7 @@ import math
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import (
     as_float,
     epsilon,
@@ -45,7 +46,7 @@ def mae(y_true, y_pred):
     return per_sample_mean(ops.abs(_residual(y_true, y_pred)))
 
 
-@register
+@register(domains=dict(delta=dom.positive))
 def huber(y_true, y_pred, delta=1.0):
     r"""Huber loss: :math:`\tfrac12 e^2` for :math:`|e| \le \delta`, else
     :math:`\delta(|e| - \tfrac12\delta)`. Both branches are exact; the `where` form (as in Keras)
@@ -73,7 +74,7 @@ def log_cosh(y_true, y_pred):
     return per_sample_mean(err + ops.softplus(-2.0 * err) - math.log(2.0))
 
 
-@register
+@register(domains=dict(tau=dom.probability))
 def pinball(y_true, y_pred, tau=0.5):
     r"""Pinball (quantile) loss for quantile level :math:`\tau \in (0, 1)`:
     :math:`\max(\tau e, (\tau - 1) e)`, `e = y_true - y_pred`. Minimised by the
@@ -85,7 +86,7 @@ def pinball(y_true, y_pred, tau=0.5):
     return per_sample_mean(ops.maximum(tau * err, (tau - 1.0) * err))
 
 
-@register
+@register(domains=dict(epsilon=dom.positive))
 def charbonnier(y_true, y_pred, epsilon=1e-3):
     r"""Charbonnier loss (smooth L1): :math:`\sqrt{e^2 + \epsilon^2}`.
 
@@ -97,7 +98,7 @@ def charbonnier(y_true, y_pred, epsilon=1e-3):
     return per_sample_mean(ops.sqrt(ops.square(err) + epsilon**2))
 
 
-@register
+@register(domains=dict(scale=dom.positive))
 def cauchy(y_true, y_pred, scale=1.0):
     r"""Cauchy (Lorentzian) loss: :math:`\tfrac{c^2}{2}\log\!\left(1 + (e/c)^2\right)`, `c = scale`.
 
@@ -109,7 +110,7 @@ def cauchy(y_true, y_pred, scale=1.0):
     return per_sample_mean(0.5 * scale**2 * ops.log1p(ops.square(err)))
 
 
-@register
+@register(domains=dict(alpha=dom.interval(infinite=True), scale=dom.positive))
 def general_robust(y_true, y_pred, alpha=1.0, scale=1.0):
     r"""Barron's general and adaptive robust loss with shape :math:`\alpha` and scale :math:`c`:
 
@@ -170,22 +171,20 @@ def msle(y_true, y_pred):
     return per_sample_mean(ops.square(diff))
 
 
-@register
+@register(domains=dict(beta=dom.nonnegative))
 def smooth_l1(y_true, y_pred, beta=1.0):
     r"""Smooth L1 loss: :math:`\tfrac{1}{2} e^2 / \beta` for :math:`|e| < \beta`, else
     :math:`|e| - \tfrac12 \beta` (`huber` divided by :math:`\beta`); ``beta=0`` is the L1 loss.
 
     Reference: R. Girshick, "Fast R-CNN", ICCV 2015. torch: `nn.SmoothL1Loss(beta=...)`.
     """
-    if beta < 0:
-        raise ValueError(f"smooth_l1: beta must be >= 0, got {beta}")
     err = ops.abs(_residual(y_true, y_pred))
     if beta == 0:
         return per_sample_mean(err)
     return per_sample_mean(ops.where(err < beta, 0.5 * ops.square(err) / beta, err - 0.5 * beta))
 
 
-@register
+@register(domains=dict(axis=dom.integer))
 def cosine_similarity(y_true, y_pred, axis=-1):
     r"""Negative cosine similarity along `axis` (Keras's sign, so that lower is better):
     :math:`-\sum_k \hat y_k \hat p_k`, :math:`\hat x = x / \max(\lVert x \rVert, \epsilon)`,

@@ -14,7 +14,10 @@ Every one takes ``ignore_index`` (default None): pixels whose ``y_true`` equals 
 
 from keras import ops
 
+from losskit import domains as dom
 from losskit.losses._common import family, loss_class, public, register
+
+_IGNORE = dom.optional(dom.integer)
 
 
 def _axes(x, per_class):
@@ -59,7 +62,9 @@ def overlap_counts(y_true, y_pred, per_class=False, ignore_index=None):
     return tp, fp, fn
 
 
-@register
+@register(domains=dict(
+    smooth=dom.nonnegative, squared=dom.boolean, per_class=dom.boolean,
+    ignore_index=_IGNORE))
 def dice(y_true, y_pred, smooth=1.0, squared=False, per_class=False, ignore_index=None):
     r"""Soft Dice loss per image.
 
@@ -90,7 +95,9 @@ def _tversky_index(y_true, y_pred, alpha, beta, smooth, per_class, ignore_index)
     return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
 
 
-@register
+@register(domains=dict(
+    alpha=dom.nonnegative, beta=dom.nonnegative, smooth=dom.nonnegative,
+    per_class=dom.boolean, ignore_index=_IGNORE))
 def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False, ignore_index=None):
     r"""Tversky loss per image: :math:`1 - TI`,
 
@@ -109,7 +116,9 @@ def tversky(y_true, y_pred, alpha=0.3, beta=0.7, smooth=1.0, per_class=False, ig
     return _mean_over_classes(1.0 - index, per_class)
 
 
-@register
+@register(domains=dict(
+    alpha=dom.nonnegative, beta=dom.nonnegative, gamma=dom.positive,
+    smooth=dom.nonnegative, per_class=dom.boolean, ignore_index=_IGNORE))
 def focal_tversky(
     y_true,
     y_pred,
@@ -151,7 +160,7 @@ def lovasz_gradient(gt_sorted):
     return ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
 
 
-@register
+@register(domains=dict(ignore_index=_IGNORE))
 def lovasz_hinge(y_true, y_pred, ignore_index=None):
     r"""Binary Lovász hinge loss per image (Berman et al. 2018), ``y_pred`` = logits.
 
@@ -185,7 +194,7 @@ def lovasz_hinge(y_true, y_pred, ignore_index=None):
     return ops.sum(ops.relu(errors_sorted) * lovasz_gradient(gt_sorted), axis=-1)
 
 
-@register
+@register(domains=dict(smooth=dom.nonnegative, ignore_index=_IGNORE))
 def generalized_dice(y_true, y_pred, smooth=1e-5, ignore_index=None):
     r"""Generalised Dice loss per image, the last axis holding `C` classes (one-hot or soft
     targets, probabilities):

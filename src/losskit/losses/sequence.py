@@ -12,7 +12,7 @@ from losskit.loss import FunctionLoss
 from losskit.losses._common import family, loss_class, public, register
 
 
-@register
+@register(shapes="own")
 def ctc(y_true, y_pred):
     r"""Connectionist temporal classification loss, one value per sequence:
 
