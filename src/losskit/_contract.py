@@ -4,15 +4,18 @@ Every check reads static shapes and dtypes only, so it runs once at trace time a
 inside a compiled graph.
 """
 
+import keras
 import numpy as np
-from keras import backend, ops
+from keras import ops
+
+from losskit import backend
 
 
 def _dtype_of(x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         dtype = np.asarray(x).dtype
-    return backend.standardize_dtype(dtype)
+    return keras.backend.standardize_dtype(dtype)
 
 
 def is_floating(x):
@@ -30,7 +33,9 @@ def check_floating(owner, x, what="y_pred"):
 
 
 def _shape(x):
-    return tuple(x.shape)
+    """Static shape of a tensor, array, Python/NumPy number (`()`) or nested list."""
+    shape = getattr(x, "shape", None)
+    return tuple(np.shape(x)) if shape is None else tuple(shape)
 
 
 def _compatible(a, b):
@@ -106,3 +111,67 @@ def check_sample_weight(owner, sample_weight, values):
             f"leading part of {target}). losskit never broadcasts weights silently."
         )
     return shape
+
+
+def invalid_labels(owner, labels, num_classes, ignore_index=None):
+    """The label rule for integer class indices: each label is an integer in `[0, num_classes)`
+    or `ignore_index`.
+
+    In eager execution a label outside raises a ValueError naming `owner` and the offending
+    values, and the result is None. While `labels` are traced into a compiled graph (`jax.jit`,
+    `tf.function`, XLA), where nothing can be raised, the result is a boolean tensor marking the
+    invalid labels: the caller gives those samples NaN (`nan_where`), never a clamped or zero
+    value, so the same input gives the same answer on every backend.
+    """
+    if num_classes is None or isinstance(labels, keras.KerasTensor):
+        return None
+    floating = is_floating(labels)
+    if backend.is_traced(labels):
+        ok = ops.logical_and(labels >= 0, labels < num_classes)
+        if floating:
+            ok = ops.logical_and(ok, ops.equal(labels, ops.floor(labels)))
+        if ignore_index is not None:
+            ok = ops.logical_or(ok, ops.equal(labels, ignore_index))
+        return ops.logical_not(ok)
+    values = ops.convert_to_numpy(labels)
+    ok = (values >= 0) & (values < num_classes)
+    if floating:
+        ok &= values == np.floor(values)
+    if ignore_index is not None:
+        ok |= values == ignore_index
+    if not ok.all():
+        bad = np.unique(values[~ok])
+        shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+        allowed = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"{owner}: labels must be integer class indices in [0, {num_classes}){allowed}; "
+            f"got {shown} ({int((~ok).sum())} of {ok.size} labels). Inside a compiled graph, "
+            "where this cannot raise, such a sample's loss is NaN."
+        )
+    return None
+
+
+def nan_where(invalid, values):
+    """`values` with NaN where `invalid` (from `invalid_labels`) is true; `values` when None."""
+    if invalid is None:
+        return values
+    while len(invalid.shape) > len(values.shape):  # e.g. per-sequence values of (N, L) labels
+        invalid = ops.any(invalid, axis=-1)
+    return ops.where(invalid, ops.cast(float("nan"), values.dtype), values)
+
+
+def nan_if_any(invalid, total):
+    """A reduced loss `total`, NaN when any label is invalid (`invalid_labels` in a graph)."""
+    if invalid is None:
+        return total
+    return total + ops.where(ops.any(invalid), ops.cast(float("nan"), total.dtype), 0.0)
+
+
+def named(error, owner):
+    """`error` with `owner` in front of its message, same type (or as is if that fails)."""
+    if str(error).startswith(owner):
+        return error
+    try:
+        return type(error)(f"{owner}: {error}")
+    except Exception:  # noqa: BLE001 - exception types with other constructors keep their text
+        return error

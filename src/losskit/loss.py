@@ -49,7 +49,10 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _contract.align(self._owner, y_true, y_pred, self.sparse_labels)
-        values = self.fn(y_true, y_pred, **self.params)
+        try:
+            values = self.fn(y_true, y_pred, **self.params)
+        except (ValueError, TypeError) as error:  # a library function's check names itself
+            raise _contract.named(error, self._owner) from error
         _contract.check_per_sample(self._owner, values, y_pred.shape[0])
         return values
 

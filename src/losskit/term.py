@@ -30,6 +30,35 @@ def _target(fn):
     raise TypeError(f"A Term needs a loss function or Loss, got {fn!r}")
 
 
+# Keras built-ins whose y_true is not shaped like y_pred: integer class indices of
+# y_pred.shape[:-1] ("sparse"), or shapes of their own (label sequences, labels of embeddings).
+_KERAS_SHAPES = {
+    "sparse_categorical_crossentropy": "sparse",
+    "categorical_generalized_cross_entropy": "sparse",
+    "ctc": None,
+    "circle": None,
+}
+
+
+def _shape_rule(fn):
+    """How a term's `y_true` must match its `y_pred`: "same" shape (a trailing 1 aligned),
+    "sparse" (class indices of `y_pred.shape[:-1]`) or None (the function checks its own).
+
+    The per-sample contract holds for every function: a losskit loss declares its rule, a Keras
+    built-in has Keras's, and any other function or Loss takes "same" unless it carries
+    `sparse_labels = True` (as `@losskit.loss(sparse_labels=True)` classes do)."""
+    if isinstance(fn, FunctionLoss):
+        return "sparse" if fn.sparse_labels else "same"
+    if getattr(fn, "sparse_labels", False):
+        return "sparse"
+    if hasattr(fn, "shapes") and getattr(fn, "precision", None) is not None:
+        return fn.shapes  # a library function (losses._common.register)
+    inner = getattr(fn, "fn", fn) if isinstance(fn, keras.losses.Loss) else fn
+    if getattr(inner, "__module__", "").startswith("keras."):
+        return _KERAS_SHAPES.get(getattr(inner, "__name__", None), "same")
+    return "same"
+
+
 def _check_weight(name, weight):
     if callable(weight):
         return weight
@@ -116,7 +145,7 @@ class Term:
             # per-position values, which the Objective reduces by its own rule.
             self._call_constants["reduction"] = "none"
         self.sources = self._route(params, routes, set(self._call_constants))
-        self._sparse = getattr(fn, "sparse_labels", False)
+        self._shapes = _shape_rule(fn)
 
     def _check_parameter(self, key, params, target):
         takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -184,13 +213,18 @@ class Term:
         return values, mask
 
     def _align(self, y_true, y_pred):
-        if isinstance(self.fn, FunctionLoss):
-            return _contract.align(f"term '{self.name}'", y_true, y_pred, self._sparse)
-        if isinstance(self.fn, keras.losses.Loss):  # as Loss.__call__ does before .call
-            dtype = self.fn.dtype
-            return ops.convert_to_tensor(y_true, dtype), ops.convert_to_tensor(y_pred, dtype)
-        # Keras loss functions would broadcast (N,) against (N, 1) to (N, N).
-        return _keras.squeeze_or_expand_to_same_rank(y_true, y_pred)
+        if isinstance(self.fn, keras.losses.Loss) and not isinstance(self.fn, FunctionLoss):
+            dtype = self.fn.dtype  # as Loss.__call__ does before .call
+            y_true = ops.convert_to_tensor(y_true, dtype)
+            y_pred = ops.convert_to_tensor(y_pred, dtype)
+        if self._shapes is None:
+            # Keras loss functions would broadcast (N,) against (N, 1) to (N, N).
+            return _keras.squeeze_or_expand_to_same_rank(y_true, y_pred)
+        # Shapes that differ other than by a trailing 1 raise here, at trace time: a Keras
+        # function would broadcast (8, 2) against (8, 1) and train on the wrong loss.
+        return _contract.align(
+            f"Term '{self.name}'", y_true, y_pred, sparse_labels=self._shapes == "sparse"
+        )
 
     def get_config(self):
         return {

@@ -27,6 +27,13 @@ def _impl():
     return importlib.import_module(f"losskit.backend.{_MODULES[backend]}")
 
 
+def is_traced(x):
+    """Whether `x` is being traced into a compiled graph (`jax.jit`, `tf.function`, XLA,
+    `torch.compile`), so its value cannot be read in Python; False in eager execution. Inputs
+    that are not tensors (NumPy arrays) are never traced."""
+    return _impl().is_traced(x)
+
+
 def replica_context():
     """`(replicas in sync, context)` inside a `tf.distribute` replica; `(1, None)` elsewhere.
 

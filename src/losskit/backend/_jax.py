@@ -222,3 +222,8 @@ def after(tensors):
 
 def zeros(shape, dtype):
     return keras.ops.zeros(shape, dtype)
+
+
+def is_traced(x):
+    """Whether `x` is a JAX tracer (inside `jit`, `grad`, `vmap`): its value is not known."""
+    return isinstance(x, jax.core.Tracer)

@@ -255,3 +255,11 @@ def term_gradients(values_fn, variables, constants, values=None):
 def fused_linear_ce(portable, h, w, b, y, static):
     del portable, h, w, b, y, static
     return None  # the portable form reaches its schedules with the in-place ops above
+
+
+def is_traced(x):
+    """Whether `x`'s value is unknown here: inside a `tf.function` (XLA included), or a
+    symbolic tensor."""
+    if not tf.executing_eagerly():
+        return True
+    return tf.is_tensor(x) and tf.is_symbolic_tensor(x)

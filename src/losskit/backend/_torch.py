@@ -277,3 +277,11 @@ def after(tensors):
 
 def zeros(shape, dtype):
     return keras.ops.zeros(shape, dtype)
+
+
+def is_traced(x):
+    """Whether `x`'s value is unknown here: under `torch.compile` (dynamo), or a `meta` tensor
+    (Keras's shape inference)."""
+    if torch.compiler.is_compiling():
+        return True
+    return isinstance(x, torch.Tensor) and x.device.type == "meta"

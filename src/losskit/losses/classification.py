@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from losskit import _contract
 from losskit import domains as dom
 from losskit.losses._common import (
     as_float,
@@ -92,10 +93,13 @@ def sparse_categorical_crossentropy(
     `ignore_index` in PyTorch. Reference: as `categorical_crossentropy`.
     Keras: `keras.losses.sparse_categorical_crossentropy`.
     """
+    num_classes = y_pred.shape[-1]
+    invalid = _contract.invalid_labels(
+        "loss 'sparse_categorical_crossentropy'", y_true, num_classes, ignore_index
+    )
     labels = ops.cast(y_true, "int32")
     if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, -1)
-    num_classes = y_pred.shape[-1]
     valid = None
     if ignore_index is not None:
         valid = ops.not_equal(labels, ignore_index)
@@ -104,7 +108,7 @@ def sparse_categorical_crossentropy(
     onehot = _smooth(
         ops.one_hot(labels, num_classes, dtype=y_pred.dtype), label_smoothing, num_classes
     )
-    values = -_weighted_sum(onehot, log_p)
+    values = _contract.nan_where(invalid, -_weighted_sum(onehot, log_p))
     if valid is not None:
         values = masked(ops.where(valid, values, ops.zeros_like(values)), valid)
     return values
@@ -304,18 +308,34 @@ def generalized_cross_entropy(y_true, y_pred, q=0.5, from_logits=False):
     :math:`q \to 0` is the cross-entropy, :math:`q = 1` the MAE on the one-hot target (up to a
     factor); larger :math:`q` is more robust to label noise.
 
-    :math:`p_y^q = \exp(q \log p_y)`, with :math:`\log p_y` from `log_softmax` for logits or from
-    the probability clipped to :math:`[\epsilon, 1 - \epsilon]`, so :math:`p_y = 0` gives a finite
-    gradient. Reference: Z. Zhang, M. R. Sabuncu, "Generalized Cross Entropy Loss for Training
+    For logits, :math:`p_y^q = \exp(q \log p_y)` with `log_softmax`. For probabilities the value
+    is Keras's, :math:`(1 - p_y^q)/q` of the probability itself (:math:`1/q` at :math:`p_y = 0`),
+    and the gradient is that of the probability clipped to :math:`[\epsilon, 1 - \epsilon]`, so
+    :math:`p_y = 0` gives a finite gradient where the exact one is infinite. Unlike Keras,
+    probabilities are first normalised to sum to 1 over the class axis (as the other losskit
+    cross-entropies do); for normalised inputs the values are equal.
+
+    Reference: Z. Zhang, M. R. Sabuncu, "Generalized Cross Entropy Loss for Training
     Deep Neural Networks with Noisy Labels", NeurIPS 2018.
-    Keras: `keras.losses.CategoricalGeneralizedCrossEntropy` (probabilities, integer labels).
+    Keras: `keras.losses.CategoricalGeneralizedCrossEntropy` (probabilities, integer labels;
+    Keras refuses :math:`q = 1`).
     """
+    invalid = _contract.invalid_labels(
+        "loss 'generalized_cross_entropy'", y_true, y_pred.shape[-1]
+    )
     labels = ops.cast(y_true, "int32")
     if len(labels.shape) == len(y_pred.shape) and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, -1)
     onehot = ops.one_hot(labels, y_pred.shape[-1], dtype=y_pred.dtype)
     log_p = ops.sum(onehot * _log_probs(y_pred, from_logits), axis=-1)
-    return -ops.expm1(q * log_p) / q
+    values = -ops.expm1(q * log_p) / q
+    if not from_logits:
+        # The value of the unclipped probability, as Keras computes it ((1 - 0^q)/q = 1/q at
+        # p = 0); the gradient of the clipped one, finite where d p^q / dp is not.
+        p = ops.stop_gradient(ops.sum(onehot * (y_pred / ops.sum(y_pred, -1, keepdims=True)), -1))
+        exact = (1.0 - ops.power(p, q)) / q
+        values = exact + (values - ops.stop_gradient(values))
+    return _contract.nan_where(invalid, values)
 
 
 _KAPPA_WEIGHTS = ("linear", "quadratic")

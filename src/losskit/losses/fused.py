@@ -13,7 +13,7 @@ is written with `keras.ops` and a custom gradient, so it runs on every Keras bac
 import keras
 from keras import ops
 
-from losskit import backend
+from losskit import _contract, backend
 from losskit import domains as dom
 from losskit.gradients import custom_gradient, in_plain_autodiff
 from losskit.losses import _fused_head as fh
@@ -295,6 +295,8 @@ def fused_linear_cross_entropy(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{_NAME}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
+    # Eager: out-of-range labels raise here; traced: their tokens' losses become NaN below.
+    invalid = _contract.invalid_labels(_NAME, labels, head.vocab, ignore_index)
     h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
     # 16-bit inputs would need a float32 copy of the weight gradient as running sum.
@@ -313,8 +315,9 @@ def fused_linear_cross_entropy(
     if reduction == "none":
         # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
         # Keras reduction) leaves ignored tokens out of the denominator.
-        return masked(ops.reshape(loss, ops.shape(labels)), ops.not_equal(labels, ignore_index))
-    return loss
+        loss = _contract.nan_where(invalid, ops.reshape(loss, ops.shape(labels)))
+        return masked(loss, ops.not_equal(labels, ignore_index))
+    return _contract.nan_if_any(invalid, loss)
 
 
 def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,

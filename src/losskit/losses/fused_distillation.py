@@ -10,7 +10,7 @@ import math
 
 from keras import ops
 
-from losskit import backend
+from losskit import _contract, backend
 from losskit import domains as dom
 from losskit.gradients import custom_gradient
 from losskit.losses import _fused_head as fh
@@ -205,6 +205,7 @@ def fused_linear_distillation(
         _NAME, teacher_hidden, teacher_weight, teacher_kernel, None, None,
         labels_required=False, prefix="teacher_",
     )
+    invalid = _contract.invalid_labels(_NAME, labels, student.vocab, ignore_index)
     if teacher.vocab != student.vocab:
         raise ValueError(f"{_NAME}: the teacher's vocabulary ({teacher.vocab}) differs from the "
                          f"student's ({student.vocab}).")
@@ -227,9 +228,9 @@ def fused_linear_distillation(
 
     losses = distill(h_s, student.matrix, h_t, w_t, y)
     if reduction == "none":
-        losses = ops.reshape(losses, token_shape)
+        losses = _contract.nan_where(invalid, ops.reshape(losses, token_shape))
         return losses if labels is None else masked(losses, ops.not_equal(labels, ignore_index))
-    total = ops.sum(losses)
+    total = _contract.nan_if_any(invalid, ops.sum(losses))
     if reduction == "sum":
         return total
     if y is None:

@@ -204,7 +204,9 @@ def generalized_dice(y_true, y_pred, smooth=1e-5, ignore_index=None):
               \qquad w_c = 1 / \bigl(\textstyle\sum_i g_{ic}\bigr)^2 .
 
     A class absent from an image's target (infinite weight) gets the largest weight of the
-    classes present (MONAI's rule); if none is present, all weights are 1. In :math:`[0, 1]`.
+    classes present (MONAI's rule); if none is present, every weight is 0 and the loss is
+    :math:`1 - s/s = 0` (MONAI's value with its equal default smoothing terms), with gradient 0.
+    In :math:`[0, 1]`.
 
     Reference: C. H. Sudre, W. Li, T. Vercauteren, S. Ourselin, M. J. Cardoso, "Generalised Dice
     overlap as a deep learning loss function for highly unbalanced segmentations", DLMIA 2017.
@@ -216,7 +218,7 @@ def generalized_dice(y_true, y_pred, smooth=1e-5, ignore_index=None):
     present = counts > 0
     raw = 1.0 / ops.square(ops.where(present, counts, 1.0))
     largest = ops.max(ops.where(present, raw, 0.0), axis=-1, keepdims=True)
-    weights = ops.where(present, raw, ops.where(largest > 0, largest, 1.0))
+    weights = ops.where(present, raw, largest)
     weights = ops.stop_gradient(weights)  # depends on the targets only
     inter = ops.sum(weights * ops.sum(y_true * y_pred, axis=axes), axis=-1)
     denom = ops.sum(weights * ops.sum(y_true + y_pred, axis=axes), axis=-1)

@@ -34,11 +34,13 @@ def ctc(y_true, y_pred):
             "ctc: y_true must be integer labels of shape (N, L) padded with 0 and y_pred logits of "
             f"shape (N, T, C); got {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
         )
+    invalid = _contract.invalid_labels("loss 'ctc'", y_true, y_pred.shape[-1])
     labels = ops.cast(y_true, "int32")
     n, frames = ops.shape(y_pred)[0], ops.shape(y_pred)[1]
     label_length = ops.sum(ops.cast(labels != 0, "int32"), axis=-1)
     logit_length = frames * ops.ones((n,), dtype="int32")
-    return ops.ctc_loss(labels, y_pred, label_length, logit_length, mask_index=0)
+    values = ops.ctc_loss(labels, y_pred, label_length, logit_length, mask_index=0)
+    return _contract.nan_where(invalid, values)
 
 
 class SequenceLoss(FunctionLoss):
