@@ -22,8 +22,23 @@ def is_floating(x):
     return "float" in _dtype_of(x)
 
 
+def check_numeric(owner, x, what):
+    """Refuses strings and objects, which would otherwise fail inside the backend naming
+    nothing."""
+    try:
+        dtype = _dtype_of(x)
+    except (ValueError, TypeError):
+        dtype = None
+    if dtype is None or not any(k in dtype for k in ("float", "int", "bool")):
+        raise TypeError(
+            f"{owner}: {what} must be a numeric tensor or array, got "
+            f"{type(x).__name__} of dtype {getattr(np.asarray(x), 'dtype', '?')}."
+        )
+
+
 def check_floating(owner, x, what="y_pred"):
     """Refuses integer/bool predictions instead of silently casting them to float."""
+    check_numeric(owner, x, what)
     if not is_floating(x):
         raise ValueError(
             f"{owner}: {what} must be a floating-point tensor (probabilities, logits or values), "
@@ -175,3 +190,13 @@ def named(error, owner):
         return type(error)(f"{owner}: {error}")
     except Exception:  # noqa: BLE001 - exception types with other constructors keep their text
         return error
+
+
+def keep_nan(values, *inputs):
+    """`values`, all NaN if any of `inputs` holds a NaN: for batch-level computations (mining,
+    sorting, pair masks) whose comparisons would otherwise drop a NaN input silently."""
+    bad = None
+    for x in inputs:
+        b = ops.any(ops.isnan(x))
+        bad = b if bad is None else ops.logical_or(bad, b)
+    return values + ops.where(bad, ops.cast(float("nan"), values.dtype), 0.0)

@@ -28,12 +28,16 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         _contract.check_floating(self._owner, y_pred)
+        _contract.check_numeric(self._owner, y_true, "y_true")
         in_mask = get_keras_mask(y_pred)
         with keras.name_scope(self.name):
             y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
             label_dtype = None if self.sparse_labels else self.dtype
             y_true = ops.convert_to_tensor(y_true, dtype=label_dtype)
-            losses = self.call(y_true, y_pred)
+            try:
+                losses = self.call(y_true, y_pred)
+            except Exception as error:  # noqa: BLE001 - backend errors get the loss's name
+                raise _contract.named(error, self._owner) from error
             if sample_weight is not None:
                 _contract.check_sample_weight(self._owner, sample_weight, losses)
             out_mask = get_keras_mask(losses)
@@ -49,10 +53,7 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _contract.align(self._owner, y_true, y_pred, self.sparse_labels)
-        try:
-            values = self.fn(y_true, y_pred, **self.params)
-        except (ValueError, TypeError) as error:  # a library function's check names itself
-            raise _contract.named(error, self._owner) from error
+        values = self.fn(y_true, y_pred, **self.params)
         _contract.check_per_sample(self._owner, values, y_pred.shape[0])
         return values
 

@@ -82,6 +82,7 @@ def register(fn=None, *, precision="float32", domains=None, shapes=None):
         _domains.validate(owner, declared, arguments)
         if pair is not None and "y_true" in arguments and "y_pred" in arguments:
             _contract.check_floating(owner, arguments["y_pred"])
+            _contract.check_numeric(owner, arguments["y_true"], "y_true")
             arguments["y_true"], arguments["y_pred"] = _contract.align(
                 owner, arguments["y_true"], arguments["y_pred"], pair == "sparse"
             )

@@ -376,6 +376,7 @@ def weighted_kappa(y_true, y_pred, weightage="quadratic", epsilon=1e-6):
     # where O = 0 too: 0/0 is taken as 0 (log eps), with a zero gradient rather than 1/0.
     defined = expected > 1e-12
     ratio = ops.where(defined, observed / ops.where(defined, expected, 1.0), 0.0)
+    ratio = ops.where(ops.isnan(expected), expected, ratio)  # a NaN input must not vanish
     value = ops.log(ratio + epsilon)
     return ops.zeros_like(y_pred[:, 0]) + value
 

@@ -31,6 +31,7 @@ has the shape of ``y_pred`` without its last axis).
 
 from keras import ops
 
+from losskit import _contract
 from losskit import domains as dom
 from losskit.losses._common import family, loss_class, public, register
 from losskit.losses._pairwise import (
@@ -139,7 +140,7 @@ def triplet(
         has_neg = ops.any(negative, axis=-1, keepdims=True)
         return masked_mean(penalty(d - d_neg), ops.logical_and(positive, has_neg))
 
-    return per_anchor(rows, labels, embeddings, block_size)
+    return _contract.keep_nan(per_anchor(rows, labels, embeddings, block_size), embeddings)
 
 
 def _similarity_logits(embeddings, temperature, normalize):
@@ -271,7 +272,7 @@ def lifted_structured(labels, embeddings, margin=1.0):
     j_ij = ops.logaddexp(ops.expand_dims(lse, 1), ops.expand_dims(lse, 0)) + d
     has_neg = ops.any(negative, axis=-1, keepdims=True)
     pairs = ops.logical_and(positive, has_neg)
-    return 0.5 * masked_mean(ops.square(ops.relu(j_ij)), pairs)
+    return _contract.keep_nan(0.5 * masked_mean(ops.square(ops.relu(j_ij)), pairs), embeddings)
 
 
 @register

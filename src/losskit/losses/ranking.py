@@ -66,7 +66,9 @@ def pairwise_logistic(y_true, y_pred):
     gap = ops.expand_dims(y_pred, 2) - ops.expand_dims(y_pred, 1)
     count = ops.sum(ops.cast(ordered, y_pred.dtype), axis=(1, 2))
     total = ops.sum(ops.where(ordered, ops.softplus(-gap), 0.0), axis=(1, 2))
-    return total / ops.maximum(count, 1.0)
+    # A NaN score drops out of every comparison above; its list's loss must not be a number.
+    lost = ops.any(ops.isnan(y_pred), axis=-1)
+    return ops.where(lost, float("nan"), total / ops.maximum(count, 1.0))
 
 
 @register(shapes="own")  # lists: checked by _lists
