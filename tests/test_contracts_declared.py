@@ -316,3 +316,30 @@ def test_generalized_cross_entropy_q_one_is_one_minus_p():
     p = np.array([[0.0, 0.3, 0.7], [0.2, 0.3, 0.5]], "float32")
     values = np_(L.generalized_cross_entropy(np.array([0, 2]), p, q=1.0))
     np.testing.assert_allclose(values, [1.0, 0.5], rtol=1e-6)
+
+
+def test_reduced_fused_loss_raises_before_the_backend_fast_path():
+    # torch's fast path would otherwise index out of bounds, naming no loss.
+    h, w, y = _fused_inputs(5)
+    with pytest.raises(ValueError, match=r"fused_linear_cross_entropy.*got 5"):
+        L.fused_linear_cross_entropy(h, w, y)
+
+
+@pytest.mark.parametrize(
+    "domain, inside, outside",
+    [
+        (domains.positive, [1e-9, 2, np.float32(0.5)], [0, -1, float("nan"), float("inf"), "1"]),
+        (domains.probability, [0, 0.5, 1], [-0.1, 1.1, True]),
+        (domains.interval(0, 1, high_closed=False), [0.0, 0.99], [1.0, 1.5]),
+        (domains.positive_integer, [1, np.int64(7)], [0, 2.0, "2", None]),
+        (domains.optional(domains.integer), [None, -100, 0], [0.5, "0"]),
+        (domains.one_of("kl", "jsd"), ["kl", "jsd"], ["js", 1, None]),
+        (domains.boolean, [True, np.bool_(False)], [1, "True", None]),
+        (domains.interval(infinite=True), [float("inf"), -float("inf"), 0], [float("nan")]),
+    ],
+)
+def test_domains_accept_and_refuse(domain, inside, outside):
+    for value in inside:
+        assert domain.error(value) is None, (domain, value)
+    for value in outside:
+        assert domain.error(value) is not None, (domain, value)
