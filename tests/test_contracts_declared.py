@@ -283,6 +283,8 @@ def test_sample_weights_that_do_not_fit_name_the_loss():
     y = np.ones((4, 2), "float32")
     with pytest.raises(ValueError, match=r"loss 'MSE'.*sample_weight of shape \(3,\)"):
         L.MSE()(y, y, sample_weight=np.ones(3, "float32"))
+    with pytest.raises(TypeError, match=r"loss 'MSE': sample_weight must be a numeric"):
+        L.MSE()(y, y, sample_weight="2")
     with pytest.raises(ValueError, match=r"Term 'mse'.*sample_weight of shape \(4, 5\)"):
         losskit.Objective([losskit.Term(L.mse)])({}, y, y, sample_weight=np.ones((4, 5)))
 

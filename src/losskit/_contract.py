@@ -113,6 +113,7 @@ def check_sample_weight(owner, sample_weight, values):
     position (a leading part of `values`' shape, e.g. `(B, T)` for `(B, T)` values), a trailing
     axis of 1 dropped, as Keras applies weights. Anything else raises: it would be broadcast
     silently. Returns the weights' shape with the trailing 1s dropped."""
+    check_numeric(owner, sample_weight, "sample_weight")
     shape, target = _shape(sample_weight), _shape(values)
     while len(shape) > 1 and len(shape) > len(target) and shape[-1] == 1:
         shape = shape[:-1]

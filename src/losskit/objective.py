@@ -48,6 +48,7 @@ class Result:
 
 def _fit_sample_weight(term, sample_weight, values):
     """`sample_weight` shaped to multiply `values` (see `_contract.check_sample_weight`)."""
+    _contract.check_numeric(f"Term '{term}'", sample_weight, "sample_weight")
     sw = ops.cast(sample_weight, "float32")
     shape = _contract.check_sample_weight(f"Term '{term}'", sw, values)
     sw = ops.reshape(sw, [-1 if d is None else d for d in shape]) if shape else sw
