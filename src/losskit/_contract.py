@@ -139,7 +139,7 @@ def invalid_labels(owner, labels, num_classes, ignore_index=None):
     invalid labels: the caller gives those samples NaN (`nan_where`), never a clamped or zero
     value, so the same input gives the same answer on every backend.
     """
-    if num_classes is None or isinstance(labels, keras.KerasTensor):
+    if labels is None or num_classes is None or isinstance(labels, keras.KerasTensor):
         return None
     floating = is_floating(labels)
     if backend.is_traced(labels):
