@@ -129,9 +129,12 @@ class ObjectiveModel(keras.Model):
                 outputs[f"layer.{name}"] = inner.get_layer(name).output
             except ValueError:
                 names = [layer.name for layer in inner.layers]
+                terms = [t.name for t in self.objective.terms
+                         if f"layer.{name}" in t.sources.values()]
                 raise ValueError(
-                    f"ObjectiveModel: source 'layer.{name}' names no layer of "
-                    f"{inner.name}; its layers are {names}."
+                    f"ObjectiveModel: term {' and '.join(repr(t) for t in terms)} reads source "
+                    f"'layer.{name}', which names no layer of the inner model '{inner.name}'; "
+                    f"its layers are {names}."
                 ) from None
         return keras.Model(inputs, outputs, name=f"{inner.name}_tapped")
 
