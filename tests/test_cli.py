@@ -135,10 +135,108 @@ def test_run_all_continues_after_a_failure(fake_recipe, monkeypatch, tmp_path, c
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
     monkeypatch.setattr(recipes, "RECIPES", {"broken": broken.__name__,
                                              "fake-recipe": fake_recipe.__name__})
-    # -o options a recipe does not declare are dropped under `run all` rather than refused.
-    code = cli.main(["run", "all", "--out", str(tmp_path), "-o", "other=1"])
+    # An option no recipe declares is refused before anything runs.
+    assert cli.main(["run", "all", "--out", str(tmp_path), "-o", "other=1"]) == 2
+    assert "unknown option(s) other: no recipe takes them" in capsys.readouterr().err
+    assert not fake_recipe.calls and not (tmp_path / "index.html").exists()
+    # One that some recipe declares goes to those recipes; the run continues past a failure.
+    code = cli.main(["run", "all", "--out", str(tmp_path), "-o", "scale=2"])
     assert code == 1
     assert "failed: broken" in capsys.readouterr().err
     assert (tmp_path / "fake-recipe" / "result.json").exists()
-    assert fake_recipe.calls[0].options == {"dataset": "mnist", "scale": 1.0}
+    assert fake_recipe.calls[0].options == {"dataset": "mnist", "scale": 2.0}
     assert "fake-recipe" in (tmp_path / "index.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+        ("batch_size=2.5", "batch_size must be an integer >= 1"),
+        ("batch_size=true", "batch_size must be an integer >= 1"),
+        ("learning_rate=0", "learning_rate must be a finite number > 0"),
+        ("learning_rate=NaN", "learning_rate must be a finite number > 0"),
+        ("corruption=1", "corruption must be a finite number in [0, 1)"),
+        ("delta=abc", "delta must be a finite number > 0"),
+        ("tolerance=-1", "tolerance must be a finite number > 0"),
+        ("spike_low_db=null", "spike_low_db must be a finite number >= 0"),
+    ],
+)
+def test_recipe_options_are_checked_against_their_domain(option, message, capsys, tmp_path):
+    code = cli.main(["run", "airfoil-huber", "--out", str(tmp_path), "-o", option])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "airfoil-huber: option" in err and message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "airfoil-huber").exists()
+
+
+def test_every_declared_numeric_option_has_a_domain():
+    for name in recipes.RECIPES:
+        module = recipes.load(name)
+        for key, default in module.OPTIONS.items():
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            if numeric or key.endswith("_size"):
+                assert key in recipes.DOMAINS, f"{name}: option {key} has no domain"
+                # The default itself is in the domain.
+                assert recipes._typed(name, key, default, default) == default
+
+
+def test_optional_size_takes_null_or_a_positive_integer():
+    module = types.SimpleNamespace(NAME="r", OPTIONS={"train_size": None})
+    assert recipes.options_for(module, {"train_size": None}) == {"train_size": None}
+    assert recipes.options_for(module, {"train_size": 40}) == {"train_size": 40}
+    for bad in (0, "abc", 1.5):
+        with pytest.raises(recipes.RecipeError, match="train_size must be an integer >= 1"):
+            recipes.options_for(module, {"train_size": bad})
+
+
+@pytest.mark.parametrize("command", [["report"], ["run", "airfoil-huber"]])
+def test_out_that_is_a_file_is_refused(command, tmp_path, capsys):
+    file = tmp_path / "f.txt"
+    file.write_text("x")
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--out", str(file)])
+    assert "is not a folder" in capsys.readouterr().err
+
+
+_NO_BACKEND = """
+import sys, time
+start = time.perf_counter()
+import losskit_cli
+try:
+    code = losskit_cli.main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+sys.stderr.write(f"seconds={time.perf_counter() - start:.3f}\\n")
+heavy = sorted(m for m in ("keras", "tensorflow", "jax", "torch", "losskit") if m in sys.modules)
+assert not heavy, heavy
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["run", "--help"], ["run"]])
+def test_help_and_list_import_no_backend(argv, tmp_path):
+    import os
+    import subprocess
+
+    # A keras.json naming a backend that is not installed, and the same in the environment.
+    home = tmp_path / "home"
+    (home / ".keras").mkdir(parents=True)
+    (home / ".keras" / "keras.json").write_text('{"backend": "nonexistent"}')
+    env = {**os.environ, "KERAS_BACKEND": "nonexistent", "KERAS_HOME": str(home / ".keras"),
+           "HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-c", _NO_BACKEND, *argv], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert "seconds=" in proc.stderr, proc.stderr
+    if argv == ["run"]:  # an argument error: a usage message, no traceback
+        assert proc.returncode == 2 and "required: name" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    if argv == ["list"]:
+        for name in recipes.RECIPES:
+            assert name in proc.stdout
+            assert recipes.load(name).SUMMARY in proc.stdout  # read from source, not imported
+    else:
+        assert "usage: losskit" in proc.stdout

@@ -179,7 +179,7 @@ def test_subclassed_model_without_taps_gets_its_inputs_without_side_data():
 
 
 def test_unknown_layer_and_compile_loss_are_refused():
-    with pytest.raises(ValueError, match="'layer.nope' names no layer of inner"):
+    with pytest.raises(ValueError, match="term 'mean_square' reads source 'layer.nope', which"):
         ObjectiveModel(functional(), [Term(mean_square, a="layer.nope")])
     model = ObjectiveModel(functional(), objective())
     with pytest.raises(ValueError, match="takes no loss"):

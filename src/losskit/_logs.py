@@ -8,35 +8,70 @@ from keras import ops
 
 
 class StepLogs(keras.metrics.Metric):
-    """`loss` and each term's value: means over batches weighted by their sizes (`feed`).
+    """`loss`, each term and each other contribution, as one evaluation over all the data seen.
 
-    One metric with two variables for the total and every term: each metric variable is state a
-    compiled JAX step passes in and out, and each update is ops an eager (torch) step pays for, so
-    `keras.metrics.Mean` per term (which also broadcasts sample weights) cost a small model's step
-    several percent. Keras feeds its loss tracker the replica loss times the number of replicas,
-    exact only when every replica gets as many samples; that update is ignored and the objective
-    feeds the exact values instead.
+    A term's log is `sum over steps of (value * count) / sum of counts`, with `count` the number of
+    kept positions the step's value is the mean over (`Result.counts`): samples for a per-sample
+    term, kept positions (not the batch size) for a per-position one. That is the term's value on
+    all the steps' data at once, whatever the batch sizes and however many positions each batch
+    ignores. `loss` is the sum of the logged contributions: each term's `weight * value` (the
+    applied weight of each step, counted the same way) plus each `extra` contribution (a
+    balancer's regulariser, the inner model's own losses), which are batch-independent and
+    counted per sample. `extra` names are reported once `seen` (a step produced them).
+
+    One metric holding every sum in one vector: each metric variable is state a compiled JAX step
+    passes in and out, and each update is ops an eager (torch) step pays for. Keras feeds its
+    loss tracker the replica loss times the number of replicas, exact only when every replica
+    gets as many samples; that update is ignored and the objective feeds the exact values.
     """
 
-    def __init__(self, names, dtype=None):
+    def __init__(self, names, extras=(), dtype=None):
         super().__init__(name="loss", dtype=dtype)
         self.names = list(names)
-        self.sums = self.add_variable((len(self.names) + 1,), "zeros", aggregation="sum",
-                                      name="sums")
-        self.count = self.add_variable((), "zeros", aggregation="sum", name="count")
+        self.extras = list(extras)
+        self.seen = set()
+        k, e = len(self.names), len(self.extras)
+        # [values * count (k), weight * value * count (k), counts (k), extras * batch (e), batch]
+        self.sums = self.add_variable((3 * k + e + 1,), "zeros", aggregation="sum", name="sums")
 
     def update_state(self, *args, **kwargs):
         pass
 
-    def feed(self, total, values, batch):
-        """Adds `batch` times the step's `total` and term `values` (in `names`' order)."""
-        stacked = ops.stack([ops.cast(v, self.dtype) for v in (total, *values)])
-        self.sums.assign_add(stacked * batch)
-        self.count.assign_add(ops.cast(batch, self.dtype))
+    def feed(self, values, weights, counts, extras, batch):
+        """Adds one step: per term (in `names`' order) its value, applied weight and `(count
+        on this replica, global count)`; `extras` `{name: value}` and this replica's `batch`.
+
+        Values are this replica's shares (they sum to the global value over replicas): a share
+        times the global count, summed over replicas, is the global value times the count."""
+        scaled = [ops.cast(v, self.dtype) * ops.cast(c[1], self.dtype)
+                  for v, c in zip(values, counts)]
+        weighted = [ops.cast(w, self.dtype) * s for w, s in zip(weights, scaled)]
+        local = [ops.cast(c[0], self.dtype) for c in counts]
+        more = []
+        for name in self.extras:
+            if name in extras:
+                self.seen.add(name)
+                more.append(ops.cast(extras[name], self.dtype))
+            else:
+                more.append(ops.zeros((), self.dtype))
+        batch = ops.cast(batch, self.dtype)
+        self.sums.assign_add(ops.stack([*scaled, *weighted, *local, *(m * batch for m in more),
+                                        batch]))
 
     def result(self):
-        means = ops.divide_no_nan(self.sums, self.count)
-        return {"loss": means[0], **{name: means[i + 1] for i, name in enumerate(self.names)}}
+        k = len(self.names)
+        sums = self.sums
+        counts = sums[2 * k:3 * k]
+        terms = ops.divide_no_nan(sums[:k], counts)
+        contributions = ops.divide_no_nan(sums[k:2 * k], counts)
+        extras = ops.divide_no_nan(sums[3 * k:-1], sums[-1])
+        logs = {name: terms[i] for i, name in enumerate(self.names)}
+        loss = ops.sum(contributions)
+        for i, name in enumerate(self.extras):
+            if name in self.seen:
+                logs[name] = extras[i]
+                loss = loss + extras[i]
+        return {"loss": loss, **logs}
 
 
 class Latest(keras.metrics.Metric):

@@ -10,6 +10,9 @@ from losskit._keras import no_automatic_dependency_tracking
 from losskit._logs import Latest, NanGuard, StepLogs
 from losskit.objective import Objective
 
+# The log name of the inner model's own losses (layer regularizers, `add_loss`) in `loss`.
+REGULARIZATION = "regularization_loss"
+
 
 @keras.saving.register_keras_serializable(package="losskit")
 class ObjectiveModel(keras.Model):
@@ -81,6 +84,15 @@ class ObjectiveModel(keras.Model):
         self._norm_trackers = {
             t.name: Latest(f"{t.name}_grad_norm") for t in objective.terms if log_grad_norms
         }
+        # The last training step's norms, a model weight so that evaluation after
+        # `load_model` reports them (metric state is not saved).
+        self._grad_norms = self.add_weight(
+            shape=(len(objective.terms),),
+            initializer="zeros",
+            trainable=False,
+            name="grad_norms",
+            aggregation="only_first_replica",
+        ) if log_grad_norms else None
         # The step after the last training step, read by evaluation: under JAX the compiled test
         # step cannot read the optimizer's step (not part of its state); a model variable is.
         self._objective_step = self.add_weight(
@@ -117,9 +129,12 @@ class ObjectiveModel(keras.Model):
                 outputs[f"layer.{name}"] = inner.get_layer(name).output
             except ValueError:
                 names = [layer.name for layer in inner.layers]
+                terms = [t.name for t in self.objective.terms
+                         if f"layer.{name}" in t.sources.values()]
                 raise ValueError(
-                    f"ObjectiveModel: source 'layer.{name}' names no layer of "
-                    f"{inner.name}; its layers are {names}."
+                    f"ObjectiveModel: term {' and '.join(repr(t) for t in terms)} reads source "
+                    f"'layer.{name}', which names no layer of the inner model '{inner.name}'; "
+                    f"its layers are {names}."
                 ) from None
         return keras.Model(inputs, outputs, name=f"{inner.name}_tapped")
 
@@ -195,7 +210,8 @@ class ObjectiveModel(keras.Model):
                 "loss as a losskit.Term instead."
             )
         super().compile(optimizer=optimizer, **kwargs)
-        self._loss_tracker = StepLogs([t.name for t in self.objective.terms])
+        extras = [*getattr(self.balance, "contributions", ()), REGULARIZATION]
+        self._loss_tracker = StepLogs([t.name for t in self.objective.terms], extras)
         metrics = kwargs.get("metrics") or kwargs.get("weighted_metrics")
         if metrics and self._tapped is not None and not self._needs_pred:
             self._tapped = self._tap(self.inner, with_pred=True)  # metrics read the output
@@ -248,7 +264,7 @@ class ObjectiveModel(keras.Model):
         result = self.objective.compute(
             x, y, pred, sample_weight, step=step, layers=layers, variables=self.inner
         )
-        total, norms = result.total, None
+        total, norms, extras = result.total, None, {}
         if self.balance is not None or self.log_grad_norms:
 
             def values_fn():  # the terms again, for per-term gradients (a second forward pass)
@@ -258,34 +274,68 @@ class ObjectiveModel(keras.Model):
                 )
                 return [again.values[t.name] for t in self.objective.terms]
 
-            total, weights, norms = balancing.combine(self, result, values_fn, training)
+            total, weights, norms, extras = balancing.combine(
+                self, result, values_fn, training
+            )
             result = dataclasses.replace(result, total=total, weights=weights)
-        for loss in self.losses:  # regularizers and add_loss() of the inner model
-            total = total + self._aggregate_additional_loss(loss)
+        own = [self._aggregate_additional_loss(loss) for loss in self.losses]
+        if own:  # regularizers and add_loss() of the inner model
+            extras = {**extras, REGULARIZATION: sum(own)}
+            total = total + extras[REGULARIZATION]
         if training and self._steps_matter:
             self._objective_step.assign(ops.cast(step, "int32") + 1)
-        self._track(total, result, norms)
+        self._track(result, extras, norms)
         return total
 
-    def _track(self, total, result, norms=None):
-        values = [result.values[t.name] for t in self.objective.terms]
+    def _track(self, result, extras, norms=None):
+        names = [t.name for t in self.objective.terms]
         if result.replicas > 1:
-            # A replica's share times N_global / n_local, weighted by n_local, sums to the global
-            # value over replicas whatever the split.
+            # A batch-independent share times N_global / n_local, weighted by n_local, sums to
+            # the global value over replicas whatever the split.
             scale = ops.divide_no_nan(result.global_batch, result.batch)
-            total, values = total * scale, [v * scale for v in values]
-        self._loss_tracker.feed(total, values, result.batch)
+            extras = {k: v * scale for k, v in extras.items()}
+        self._loss_tracker.feed(
+            [result.values[n] for n in names],
+            [result.weights[n] for n in names],
+            [result.counts[n] for n in names],
+            extras,
+            result.batch,
+        )
         for name, tracker in self._weight_trackers.items():
             tracker.update_state(result.weights[name])  # the weight this step applied
-        for name, tracker in self._norm_trackers.items():
-            if norms is not None:  # training steps only; evaluation keeps the last value
-                tracker.update_state(norms[name])
+        if self._grad_norms is not None:
+            if norms is not None:  # training steps; evaluation reports the last ones
+                self._grad_norms.assign(ops.stack([norms[n] for n in names]))
+                for name in names:
+                    self._norm_trackers[name].update_state(norms[name])
+            else:
+                saved = self._grad_norms.value
+                for i, name in enumerate(names):
+                    self._norm_trackers[name].update_state(saved[i])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         _, pred = self._split(y_pred)
         return super().compute_metrics(x, y, pred, sample_weight=sample_weight)
 
+    def _require_compiled(self, method):
+        # Keras checks this itself except in the torch trainer's evaluate, which fails later
+        # on a missing attribute; one message names the model on every backend.
+        if not self.compiled:
+            raise ValueError(
+                f"ObjectiveModel '{self.name}': call compile(optimizer=...) before {method}() "
+                "(no loss=: the objective is the loss)."
+            )
+
+    def train_on_batch(self, *args, **kwargs):
+        self._require_compiled("train_on_batch")
+        return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        self._require_compiled("test_on_batch")
+        return super().test_on_batch(*args, **kwargs)
+
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        self._require_compiled("fit")
         _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
@@ -295,6 +345,7 @@ class ObjectiveModel(keras.Model):
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        self._require_compiled("evaluate")
         _refuse_empty("evaluate", x)
         # fit() validates through evaluate() with its own CallbackList, guard included.
         if not isinstance(callbacks, keras.callbacks.CallbackList):

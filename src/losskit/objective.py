@@ -35,8 +35,12 @@ def _first_batched(*structures):
 @dataclasses.dataclass
 class Result:
     """What one evaluation of an `Objective` gives: the `total`, each term's `values` and the
-    `weights` applied, and the batch sizes it reduced by (`batch` on this replica, `global_batch`
-    over all `replicas`). A model logs these without recomputing anything."""
+    `weights` applied, the batch sizes it reduced by (`batch` on this replica, `global_batch`
+    over all `replicas`), and each term's `counts`, `(on this replica, global)`: the number of
+    kept positions its value is the mean over (samples for a per-sample term, kept positions
+    for a per-position one, the batch size for a batch-independent one). A model logs these
+    without recomputing anything; weighting each step's value by its global count makes a
+    logged mean over steps the term's value over all their data at once."""
 
     total: object
     values: dict
@@ -44,6 +48,7 @@ class Result:
     batch: object
     global_batch: object
     replicas: int = 1
+    counts: dict = dataclasses.field(default_factory=dict)
 
 
 def _fit_sample_weight(term, sample_weight, values):
@@ -55,6 +60,26 @@ def _fit_sample_weight(term, sample_weight, values):
     for _ in range(len(values.shape) - len(shape)):
         sw = ops.expand_dims(sw, -1)
     return sw
+
+
+def _term_sample_weight(term, sample_weight):
+    """The sample weights of `term` when Keras hands one per label key (`y` a dict: Keras copies
+    a single `sample_weight` array to every key). A term reading label `"y.<key>"` takes that
+    key's weights; any other term takes the first key's, which are the same array whenever a
+    single array was given."""
+    if not isinstance(sample_weight, dict):
+        return sample_weight
+    given = {k: w for k, w in sample_weight.items() if w is not None}
+    if not given:
+        return None
+    read = sorted({s.key for s in term.sources.values() if s.kind == "y" and s.key in given})
+    if len(read) > 1:
+        raise ValueError(
+            f"Term '{term.name}': sample_weight is given per label key {sorted(given)} and the "
+            f"term reads labels {['y.' + k for k in read]}, so which weights apply is ambiguous. "
+            "Pass one sample_weight array, or split the term."
+        )
+    return given[read[0]] if read else next(iter(given.values()))
 
 
 @_register
@@ -138,42 +163,48 @@ class Objective:
         else:
             n_local = ops.cast(ops.shape(first)[0], "float32")
             n_global = backend.all_reduce_sum(ctx, n_local)
-        values, weights = {}, {}
+        values, weights, counts = {}, {}, {}
         total = None
         for term in self.terms:
             v, mask = term.values(lookup)
             if len(v.shape) == 0:
                 v = v / replicas
+                counts[term.name] = (n_local, n_global)
             else:
                 _contract.check_per_sample(f"term '{term.name}'", v, first.shape[0])
-                v = self._reduce(term, v, mask, sample_weight, n_global, ctx)
+                v, counts[term.name] = self._reduce(
+                    term, v, mask, sample_weight, n_local, n_global, ctx
+                )
             w = term.weight_at(step)
             values[term.name] = v
             weights[term.name] = w
             # A constant weight of 1 adds no op: an eager step (torch) pays for every op.
             weighted = v if isinstance(w, float) and w == 1.0 else w * v
             total = weighted if total is None else total + weighted
-        return Result(total, values, weights, n_local, n_global, replicas)
+        return Result(total, values, weights, n_local, n_global, replicas, counts)
 
     @staticmethod
-    def _reduce(term, v, mask, sample_weight, n_global, ctx):
+    def _reduce(term, v, mask, sample_weight, n_local, n_global, ctx):
+        """`(value, (local count, global count))`: the kept-position mean and its denominator."""
+        sample_weight = _term_sample_weight(term, sample_weight)
         if sample_weight is not None:
             v = v * _fit_sample_weight(term.name, sample_weight, v)
         positions = 1
         for d in v.shape[1:]:
             positions = None if d is None or positions is None else positions * d
         if mask is None and positions is not None:
-            count = n_global * positions  # known without another all-reduce
+            local, count = n_local * positions, n_global * positions  # no other all-reduce
         else:
             kept = ops.ones_like(v) if mask is None else ops.cast(mask, "float32")
             while len(kept.shape) < len(v.shape):
                 kept = ops.expand_dims(kept, -1)
             kept = ops.broadcast_to(kept, ops.shape(v))
             v = ops.where(kept > 0, v, ops.zeros_like(v))  # an ignored NaN must not leak
-            count = backend.all_reduce_sum(ctx, ops.sum(kept))
+            local = ops.sum(kept)
+            count = backend.all_reduce_sum(ctx, local)
         if isinstance(count, float) and count > 0:
-            return ops.sum(v) / count
-        return ops.divide_no_nan(ops.sum(v), count)
+            return ops.sum(v) / count, (local, count)
+        return ops.divide_no_nan(ops.sum(v), count), (local, count)
 
     def _lookup(self, x, y, pred, layers, variables):
         tensors = {}

@@ -191,8 +191,10 @@ class Term:
         """The term's float32 values: per sample `(B,)`, per position `(B, T, ...)`, or a scalar
         for a batch-independent term; with the Keras mask the function attached, if any."""
         floatx = keras.backend.floatx()
+        # NumPy arrays become tensors: outside `fit` (torch `train_on_batch`, a hand-written
+        # loop) side data and labels can arrive as NumPy, which torch cannot mix with tensors.
         tensors = {
-            p: _precision.to_float(lookup(self.name, p, s), floatx)
+            p: _precision.to_float(_precision.as_tensor(lookup(self.name, p, s)), floatx)
             for p, s in self.sources.items()
         }
         if "y_true" in tensors and "y_pred" in tensors:

@@ -40,7 +40,11 @@ def _state(model, name, shape, initializer="zeros", dtype=None):
 
 class Balancer:
     """Base class. A balancer creates its state on the model in `bind`, and in `apply` returns
-    `(total, {term: balancer weight})`; `callbacks()` are added to `fit`."""
+    `(total, {term: balancer weight})`, or `(total, weights, {name: value})` when the total has
+    contributions besides the weighted terms (a regulariser): their names are listed in
+    `contributions` and each is logged under its name. `callbacks()` are added to `fit`."""
+
+    contributions = ()
 
     def attach(self, model):
         """Creates this balancer's state on `model`; one model per balancer, since the state

@@ -18,7 +18,8 @@ class Uncertainty(Balancer):
         total = sum_t c_t * (0.5 * exp(-s_t) * L_t + 0.5 * s_t)        (regression=True)
 
     `c_t` is the term's schedule weight (1 without one). `<term>_weight` logs `exp(-s_t)`
-    (`0.5 * exp(-s_t)` with `regression=True`), times `c_t`. The regression form is the paper's
+    (`0.5 * exp(-s_t)` with `regression=True`), times `c_t`; the regulariser `sum_t c_t * s_t`
+    (`0.5 * ...`) is logged as `uncertainty_regularizer`. The regression form is the paper's
     Gaussian likelihood; the default is the common form with both factors 1/2 dropped (same
     minimiser in `L_t`, different step sizes for `s_t`).
 
@@ -44,14 +45,16 @@ class Uncertainty(Balancer):
         half = 0.5 if self.regression else 1.0
         weights = {n: half * ops.exp(-s[i]) for i, n in enumerate(step.names)}
         # s_t does not depend on the batch: each replica adds its share, summing to s_t once.
-        total = sum(
-            step.schedule[n] * (weights[n] * step.values[n] + half * s[i] / step.replicas)
-            for i, n in enumerate(step.names)
+        regularizer = sum(
+            step.schedule[n] * half * s[i] / step.replicas for i, n in enumerate(step.names)
         )
-        return total, weights
+        total = step.weighted_total(weights) + regularizer
+        return total, weights, {"uncertainty_regularizer": regularizer}
 
     def get_config(self):
         return {"regression": self.regression}
+
+    contributions = ("uncertainty_regularizer",)
 
 
 class _DWAEpochEnd(keras.callbacks.Callback):

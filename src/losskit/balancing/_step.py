@@ -52,23 +52,29 @@ class Step:
 
 
 def combine(model, result, values_fn, training):
-    """`(total, {term: applied weight}, {term: gradient norm} or None)` for one step.
+    """`(total, {term: applied weight}, {term: gradient norm} or None, {name: value})` for one
+    step.
 
     The applied weight is the schedule weight times the balancer's; the gradient norm (with
     `log_grad_norms`, training only) is the global L2 norm of the gradient of the weighted term
-    w.r.t. the inner model's trainable weights.
+    w.r.t. the inner model's trainable weights. The last dict holds the balancer's other
+    contributions to the total (`Balancer.contributions`, e.g. a regulariser), logged by name:
+    `total = sum_t applied_t * L_t + sum of them`.
     """
     step = Step(model, result, values_fn, training)
     variables = model.inner.trainable_variables
     if training and model.log_grad_norms and variables:
         step.gradients(variables)  # first, so that a balancer's subset reuses them
+    extras = {}
     if model.balance is None:
         total, weights = result.total, {n: 1.0 for n in step.names}
     else:
-        total, weights = model.balance.apply(step)
+        total, weights, *more = model.balance.apply(step)
+        if more:
+            extras = more[0]
     applied = {n: step.schedule[n] * weights[n] for n in step.names}
     norms = None
     if training and model.log_grad_norms and variables:
         grads = step.gradients(variables)
         norms = {n: ops.abs(applied[n]) * _norm(grads[n]) for n in step.names}
-    return total, applied, norms
+    return total, applied, norms, extras

@@ -57,7 +57,8 @@ class RecipeError(ValueError):
 def options_for(module, options, strict=True):
     """The recipe's options: its `OPTIONS` defaults (an optional module-level dict) updated by the
     user's `options`. With `strict`, a key the recipe does not declare raises `RecipeError`; without
-    it (``losskit run all``) such keys are dropped. Recipes without `OPTIONS` get `options` as is.
+    it (``losskit run all``, which first refuses keys no recipe declares) such keys are dropped.
+    Recipes without `OPTIONS` get `options` as is. Values are checked by `_typed`.
     """
     declared = getattr(module, "OPTIONS", None)
     if declared is None:
@@ -72,13 +73,75 @@ def options_for(module, options, strict=True):
     return {**declared, **given}
 
 
+def undeclared_options(options):
+    """For ``losskit run all``: a message naming the `options` that no recipe declares (each
+    recipe drops the others' options), or None."""
+    declared = set()
+    for name in RECIPES:
+        declared |= set(getattr(load(name), "OPTIONS", None) or {})
+    unknown = sorted(set(options) - declared)
+    if not unknown:
+        return None
+    return (f"unknown option(s) {', '.join(unknown)}: no recipe takes them; the recipes take: "
+            f"{', '.join(sorted(declared))}")
+
+
+# The domain of each recipe option, by name (an option means the same in every recipe):
+# (kind, low, high, low open, high open). `kind` "int" or "float"; None bounds are unbounded.
+# An option with a None default may also be None (the recipe's default).
+DOMAINS = {
+    "batch_size": ("int", 1, None, False, False),
+    "hidden": ("int", 1, None, False, False),
+    "latent_units": ("int", 1, None, False, False),
+    "latent_dim": ("int", 1, None, False, False),
+    "passes_per_epoch": ("int", 1, None, False, False),
+    "train_size": ("int", 1, None, False, False),
+    "test_size": ("int", 1, None, False, False),
+    "n_train": ("int", 2, None, False, False),
+    "learning_rate": ("float", 0, None, True, False),
+    "delta": ("float", 0, None, True, False),
+    "tolerance": ("float", 0, None, True, False),
+    "teacher_length_scale": ("float", 0, None, True, False),
+    "dwa_temperature": ("float", 0, None, True, False),
+    "kl_weight": ("float", 0, None, False, False),
+    "gradnorm_alpha": ("float", 0, None, False, False),
+    "active_threshold": ("float", 0, None, False, False),
+    "spike_low_db": ("float", 0, None, False, False),
+    "spike_high_db": ("float", 0, None, False, False),
+    "corruption": ("float", 0, 1, False, True),
+    "anneal_fraction": ("float", 0, 1, True, False),
+}
+
+
+def _domain_text(kind, low, high, low_open, high_open):
+    noun = "an integer" if kind == "int" else "a finite number"
+    if high is None:
+        return f"{noun} {'>' if low_open else '>='} {low}"
+    return f"{noun} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
 def _typed(recipe, key, value, default):
-    """`value` checked against the type of its default, so that `-o delta=abc` is a one-line
-    error here rather than a traceback from deep inside training. A `None` default takes
-    anything; a string default takes anything (the recipe checks its names)."""
+    """`value` checked against the type of its default and the option's domain (`DOMAINS`),
+    so that `-o delta=abc` or `-o batch_size=0` is a one-line error here rather than a
+    traceback from deep inside training, or a value Keras silently replaces."""
     def bad(kind):
         return RecipeError(f"{recipe}: option {key} must be {kind}, got {value!r}")
 
+    domain = DOMAINS.get(key)
+    if domain is not None:
+        if value is None and default is None:
+            return None
+        kind, low, high, low_open, high_open = domain
+        text = _domain_text(*domain) + (" (or null for the default)" if default is None else "")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(text)
+        if not math.isfinite(value) or (kind == "int" and not float(value).is_integer()):
+            raise bad(text)
+        below = value <= low if low_open else value < low
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            raise bad(text)
+        return int(value) if kind == "int" else float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -93,4 +156,6 @@ def _typed(recipe, key, value, default):
         if not math.isfinite(value):
             raise bad("a finite number")
         return float(value)
+    if default is not None and value is not None and not isinstance(value, str):
+        raise bad("a string")
     return value

@@ -1,4 +1,4 @@
-"""The `losskit` command.
+"""The `losskit` command (parsed, listed and helped by `losskit_cli`, which imports no backend).
 
     losskit list
     losskit run NAME|all [--quick] [--seeds N] [--epochs N] [--out DIR] [--verbose {0,1,2}]
@@ -11,78 +11,13 @@ terminal, one line per epoch when the output goes to a file or pipe); each recip
 progress line per run.
 """
 
-import argparse
-import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from losskit import recipes
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _key_value(text):
-    """``KEY=VALUE``; VALUE is parsed as JSON if possible (numbers, true/false), else a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    if not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"option name {key!r} is not an identifier")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="losskit",
-        description="Run losskit's custom-loss recipes on real data and write reports.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,report}")
-    sub.add_parser("list", help="list the recipes")
-    run = sub.add_parser("run", help="run one recipe (or 'all') and write its report")
-    run.add_argument("name", help="recipe name from `losskit list`, or 'all'")
-    run.add_argument("--quick", action="store_true", help="small, fast settings (smoke test)")
-    run.add_argument("--seeds", type=_positive_int, help="number of seeds per arm")
-    run.add_argument("--epochs", type=_positive_int, help="training epochs per run")
-    run.add_argument("--out", default="runs", help="output folder (default: runs/)")
-    run.add_argument(
-        "--verbose", type=int, choices=(0, 1, 2), default=None,
-        help="Keras fit verbosity: 1 = progress bar per epoch, 2 = one line per epoch, "
-        "0 = silent (default: 1 on a terminal, 2 when the output is redirected)",
-    )
-    run.add_argument(
-        "--dataset",
-        help="the recipe's dataset option (image-cross-entropy: mnist or cifar10 [online]; "
-        "vae-annealing: mnist or digits)",
-    )
-    run.add_argument("--backbone", help="image-cross-entropy: 'cnn' (default) or 'vgg16'")
-    run.add_argument(
-        "--option", "-o", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-        help="recipe-specific option (repeatable), e.g. -o corruption=0.2 -o delta=1.5",
-    )
-    report = sub.add_parser("report", help="rebuild OUT/index.html from existing results")
-    report.add_argument("--out", default="runs", help="output folder (default: runs/)")
-    return parser
-
-
-def _summary(name):
-    try:
-        return getattr(recipes.load(name), "SUMMARY", "")
-    except ImportError as err:  # a recipe module not written or not importable yet
-        return f"(unavailable: {err})"
+from losskit_cli import build_parser, main  # noqa: F401 - the command's entry point and parser
 
 
 def _unknown(name):
@@ -143,14 +78,8 @@ def run_command(args):
     return 0
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        width = max(len(n) for n in recipes.RECIPES)
-        for name in recipes.RECIPES:
-            print(f"{name.ljust(width)}  {_summary(name)}")
-        return 0
+def dispatch(args):
+    """Runs the parsed `run` or `report` command (`losskit_cli.main` parses and lists)."""
     if args.command == "report":
         from losskit.recipes import report
 
@@ -166,6 +95,11 @@ def main(argv=None):
     if args.name != "all" and args.name not in recipes.RECIPES:
         print(_unknown(args.name), file=sys.stderr)
         return 2
+    if args.name == "all":
+        unknown = recipes.undeclared_options(dict(args.option))
+        if unknown:
+            print(f"losskit: {unknown}", file=sys.stderr)
+            return 2
     return run_command(args)
 
 

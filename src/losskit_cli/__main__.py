@@ -1,0 +1,7 @@
+"""`python -m losskit_cli`: the `losskit` command."""
+
+import sys
+
+from losskit_cli import main
+
+sys.exit(main())
