@@ -160,7 +160,7 @@ def fused_linear_ce(portable, h, w, b, y, static):
     return _FusedLinearCE.apply(h, w, b, y, static, need)
 
 
-def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
+def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size, capped=False):
     """Tokens per chunk: `chunk_size`, or the largest power of two whose logits temporaries
     (float32, plus a bfloat16 copy for bfloat16 inputs) take at most 0.25x the gradients'
     bytes (issue 12's bound: a call needs at most 1.25x the memory of the gradients it returns).
@@ -169,6 +169,8 @@ def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
     if chunk_size:
         return max(1, min(int(chunk_size), n))
     per_token = vocab * (8 if itemsize == 8 else 4 + (itemsize if itemsize < 4 else 0))
+    if capped:  # the capped logits' tanh, kept for the gradient through the cap
+        per_token += vocab * (8 if itemsize == 8 else 4)
     budget = 0.25 * (n + vocab) * hidden_dim * itemsize
     chunk = 1
     while chunk * 2 * per_token <= budget and chunk * 2 <= 4096:
@@ -183,6 +185,7 @@ def _liger(h, w, b, y, static, need):
     CPU (BLAS reads `W` row by row), and `dW += dz^T h_i` then needs no transposed operand.
     """
     rows, ls, zl = static["rows"], static["label_smoothing"], static["z_loss"]
+    cap = static["logit_soft_cap"]
     n, hidden_dim = h.shape
     vocab = w.shape[0] if rows else w.shape[1]
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -193,8 +196,10 @@ def _liger(h, w, b, y, static, need):
     count = valid.sum().to(acc)
     mean = static["reduction"] == "mean"
     scale = 1.0 / torch.clamp(count, min=1.0) if mean else count.new_ones(())
-    chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"])
+    chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"],
+                         cap is not None)
     buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device)
+    tanh_buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device) if cap else None
     low_buffer = torch.empty(vocab * chunk, dtype=h.dtype, device=h.device) if low else None
     dh = torch.empty_like(h) if need[0] else None
     dw = torch.zeros_like(w) if need[1] else None
@@ -212,6 +217,10 @@ def _liger(h, w, b, y, static, need):
             torch.addmm(b[:, None], w_rows, h_i.t(), out=out)
         if low:
             z.copy_(out)
+        if cap:  # Gemma-2's soft-cap: z = cap tanh(z / cap); tanh kept for the gradient
+            t = tanh_buffer[:vocab * size].view(vocab, size)
+            torch.tanh(z.div_(cap), out=t)
+            z.copy_(t).mul_(cap)
         z_y = z.gather(0, y_i)[0]
         z_sum = z.sum(0) if ls else None  # -inf (masked) columns make it -inf: as the portable
         shift = z.amax(0)
@@ -234,6 +243,8 @@ def _liger(h, w, b, y, static, need):
         z.scatter_add_(0, y_i, (-(1.0 - ls) * g)[None, :])
         if ls:
             z.sub_((ls / vocab) * g)
+        if cap:  # through the cap: times 1 - tanh^2
+            z.mul_(t.square_().neg_().add_(1.0))
         if b is not None and need[2]:
             db += z.sum(1)
         dz = out.copy_(z) if low else z  # (V, chunk)

@@ -31,6 +31,16 @@ def _token_loss(lse, z_y, z_sum, vocab, z_loss, label_smoothing):
     return loss
 
 
+def _soft_cap(z, cap):
+    """`cap * tanh(z / cap)` (Gemma-2's logit soft-capping); `z` itself when `cap` is None."""
+    return z if cap is None else cap * ops.tanh(z / cap)
+
+
+def _uncap(dz, z_capped, cap):
+    """The gradient w.r.t. the raw logits: `dz * (1 - tanh^2(z / cap))`, from the capped ones."""
+    return dz if cap is None else dz * (1.0 - ops.square(z_capped / cap))
+
+
 def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing, axis=1):
     """`g * dloss/dz = g * (softmax(z) (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V)` for
     per-token weights `g` (0 for ignored tokens); the vocabulary runs along `axis` of `z`."""
@@ -54,7 +64,7 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
     n, vocab = ops.shape(h)[0], head.vocab
     chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab, chunk_size)
     valid = ops.not_equal(y, opts["ignore_index"])
-    ls, zl = opts["label_smoothing"], opts["z_loss"]
+    ls, zl, cap = opts["label_smoothing"], opts["z_loss"], opts["logit_soft_cap"]
 
     def token_step(t0, keep_t, carry):
         h_i, y_i = fh.rows(h, t0, chunk), fh.rows(y, t0, chunk)
@@ -62,6 +72,7 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         def vocab_step(v0, keep_v, state):
             lse_state, z_y, z_sum = state
             z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+            z = _soft_cap(z, cap)
             lse_state = fh.OnlineLogSumExp.update(lse_state, z, keep_v)
             cols = v0 + ops.arange(block, dtype="int32")
             hit = ops.equal(cols[None, :], y_i[:, None])
@@ -98,10 +109,11 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         def tile_dlogits(h_i, t0, keep_t, v0, chunk, block):
             g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
             z, w_j = fh.block_logits(h_i, head, b, v0, block, dtype)
+            z = _soft_cap(z, cap)
             cols = v0 + ops.arange(block, dtype="int32")
             dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
                           vocab, zl, ls)
-            return dz, w_j
+            return _uncap(dz, z, cap), w_j
 
         def dh_step(t0, keep_t, dh):
             h_i = fh.rows(h, t0, dh_chunk)
@@ -165,6 +177,7 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
     chunk = fh.token_chunk(n, hdim, vocab, chunk_size)
     block = min(vocab, fh.VOCAB_BLOCK_OVERRIDE or max(fh.tiles(n, hdim, vocab)[1], 4 * chunk))
     ls, zl, ignore = opts["label_smoothing"], opts["z_loss"], opts["ignore_index"]
+    cap = opts["logit_soft_cap"]
     cols = ops.arange(vocab, dtype="int32")
     vax = head.axis
 
@@ -173,7 +186,7 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         start = fh.block_start(i, chunk, n)
         h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
-        z = head.chunk_logits(h_i, b, dtype)
+        z = _soft_cap(head.chunk_logits(h_i, b, dtype), cap)
         lse = ops.logsumexp(z, axis=vax)
         # A gather, not a masked sum: XLA:CPU materialises the input of a reduction (one more
         # chunk of logits). Ignored labels read class 0 and are masked below.
@@ -183,7 +196,7 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
         total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
         g = ops.where(valid, scale * ops.ones_like(lse), ops.zeros_like(lse))
-        dz = _dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax)
+        dz = _uncap(_dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax), z, cap)
         dh = backend.add_rows(dh, start, head.chunk_back(dz, dtype))
         if b is not None:
             db = db + ops.sum(dz, axis=1 - vax)
@@ -222,6 +235,7 @@ def fused_linear_cross_entropy(
     z_loss=0.0,
     label_smoothing=0.0,
     reduction="mean",
+    logit_soft_cap=None,
 ):
     """Cross-entropy of a linear head, `CE(hidden @ weight.T + bias, labels)`, without logits.
 
@@ -232,7 +246,13 @@ def fused_linear_cross_entropy(
              = lse - (1 - e) z_y - (e / V) sum_j z_j + z_loss * lse^2
 
     i.e. `keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)` with
-    Keras's label smoothing plus PaLM's auxiliary z-loss (Chowdhery et al. 2022). Tokens labelled
+    Keras's label smoothing plus PaLM's auxiliary z-loss (Chowdhery et al. 2022). With
+    `logit_soft_cap=c`, every logit is first capped as Gemma-2's head does (Gemma Team 2024),
+
+        z = c * tanh((h W^T + b) / c),
+
+    and the loss above is that of the capped logits (a `-inf` bias then gives the finite logit
+    `-c`, as it does in the naive capped head). Tokens labelled
     `ignore_index` contribute 0 and are left out of the mean. A `-inf` bias masks vocabulary
     columns (finite loss and gradients; a `-inf` target logit gives `+inf`).
 
@@ -280,6 +300,8 @@ def fused_linear_cross_entropy(
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
         reduction: `"mean"` over non-ignored tokens (0 if there are none), `"sum"`, or `"none"`
             for per-token losses of shape `labels.shape` (0 for ignored tokens).
+        logit_soft_cap: None, or `c > 0`: the logits are `c * tanh(z / c)` (Gemma-2's
+            `final_logit_soft_cap`, e.g. 30.0).
 
     Returns:
         A scalar, or per-token losses, in float32 (float64 for float64 inputs).
@@ -287,9 +309,12 @@ def fused_linear_cross_entropy(
     References:
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", arXiv:2411.09009.
         Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", arXiv:2410.10989.
+        Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size",
+        arXiv:2408.00118 (logit soft-capping).
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{_NAME}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    logit_soft_cap = _check_soft_cap(logit_soft_cap)
     hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
     h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
@@ -300,7 +325,7 @@ def fused_linear_cross_entropy(
     # Everything that shapes the computation; hashable, so a backend may cache a compiled form.
     static = dict(rows=head.rows, reduction=reduction, chunk_size=chunk_size, in_place=in_place,
                   vocab_block=fh.VOCAB_BLOCK_OVERRIDE, ignore_index=ignore_index, z_loss=z_loss,
-                  label_smoothing=label_smoothing)
+                  label_smoothing=label_smoothing, logit_soft_cap=logit_soft_cap)
     loss = None
     if not in_plain_autodiff():  # the check differentiates the portable forward pass
         loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, static)
@@ -313,12 +338,21 @@ def fused_linear_cross_entropy(
     return loss
 
 
+def _check_soft_cap(cap):
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+        raise ValueError(f"{_NAME}: logit_soft_cap must be None or a number > 0, got {cap!r}")
+    return float(cap)
+
+
 def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
-              z_loss, label_smoothing):
+              z_loss, label_smoothing, logit_soft_cap):
     """The `keras.ops` computation: the scalar loss, or flat per-token losses for "none"."""
     del vocab_block  # read from fh.VOCAB_BLOCK_OVERRIDE; in `static` to key compiled caches
     dtype = fh.accumulation_dtype(h, w, b)
-    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
+    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing,
+                logit_soft_cap=logit_soft_cap)
     if in_place:
 
         @custom_gradient
