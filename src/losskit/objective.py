@@ -140,12 +140,15 @@ class Objective:
         values, weights = {}, {}
         total = None
         for term in self.terms:
-            v, mask = term.values(lookup)
-            if len(v.shape) == 0:
-                v = v / replicas
+            if term.reduces_itself:
+                v = self._reduce_itself(term, lookup, sample_weight, first.shape[0], ctx)
             else:
-                _contract.check_per_sample(f"term '{term.name}'", v, first.shape[0])
-                v = self._reduce(term, v, mask, sample_weight, n_global, ctx)
+                v, mask = term.values(lookup)
+                if len(v.shape) == 0:
+                    v = v / replicas
+                else:
+                    _contract.check_per_sample(f"term '{term.name}'", v, first.shape[0])
+                    v = self._reduce(term, v, mask, sample_weight, n_global, ctx)
             w = term.weight_at(step)
             values[term.name] = v
             weights[term.name] = w
@@ -173,6 +176,20 @@ class Objective:
         if isinstance(count, float) and count > 0:
             return ops.sum(v) / count
         return ops.divide_no_nan(ops.sum(v), count)
+
+    @staticmethod
+    def _reduce_itself(term, lookup, sample_weight, batch, ctx):
+        """`_reduce`'s value, computed by the term's function from each position's weight over
+        the global normaliser: a scalar whose gradient the function writes in its forward pass
+        (the fused losses' in-place schedule: as many matmuls as the naive head)."""
+        tensors = term.tensors(lookup)
+        kept = ops.cast(term.kept(tensors), "float32")
+        _contract.check_per_sample(f"term '{term.name}'", kept, batch)
+        weights = kept
+        if sample_weight is not None:
+            weights = kept * _fit_sample_weight(term.name, sample_weight, kept)
+        count = backend.all_reduce_sum(ctx, ops.sum(kept))
+        return term.weighted_sum(tensors, ops.divide_no_nan(weights, count))
 
     def _lookup(self, x, y, pred, layers, variables):
         tensors = {}

@@ -133,7 +133,7 @@ def term_gradients(values_fn, variables, constants, values=None):
 _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
-def fused_linear_ce(portable, h, w, b, y, static):
+def fused_linear_ce(portable, h, w, b, y, sw, static):
     """torch eager: the Liger-Kernel schedule as one `torch.autograd.Function`.
 
     Per token chunk: the logits by one matmul into a reused buffer; `exp` and the subtractions
@@ -157,7 +157,7 @@ def fused_linear_ce(portable, h, w, b, y, static):
             or any(t.dtype != h.dtype for t in tensors) or y.dim() != 1):
         return None
     need = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (h, w, b))
-    return _FusedLinearCE.apply(h, w, b, y, static, need)
+    return _FusedLinearCE.apply(h, w, b, y, sw, static, need)
 
 
 def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size, capped=False):
@@ -178,8 +178,9 @@ def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size, capped=False):
     return min(chunk, n)
 
 
-def _liger(h, w, b, y, static, need):
-    """`(sum of the losses x scale, dh, dw, db)` for `scale` = 1 / kept tokens ("mean") or 1.
+def _liger(h, w, b, y, sw, static, need):
+    """`(sum of the losses x sw x scale, dh, dw, db)` for per-token weights `sw` (None: 1) and
+    `scale` = 1 / kept tokens ("mean") or 1.
 
     A chunk's logits are held transposed, `(V, chunk)`: `W @ h_i^T` is the faster matmul on
     CPU (BLAS reads `W` row by row), and `dW += dz^T h_i` then needs no transposed operand.
@@ -233,11 +234,13 @@ def _liger(h, w, b, y, static, need):
             loss = loss - (ls / vocab) * z_sum
         if zl:
             loss = loss + zl * lse.square()
-        total += torch.where(valid_i, loss, torch.zeros_like(loss)).sum()
+        g = valid_i.to(acc) * scale
+        if sw is not None:
+            g = g * sw[part].to(acc)
+        total += torch.where(valid_i, loss * g, torch.zeros_like(loss)).sum()
         if not any(need):
             continue
         # z becomes dloss/dz x g: softmax (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V.
-        g = valid_i.to(acc) * scale
         coef = g * (1.0 + 2.0 * zl * lse) if zl else g
         z.mul_(coef / norm)
         z.scatter_add_(0, y_i, (-(1.0 - ls) * g)[None, :])
@@ -257,28 +260,28 @@ def _liger(h, w, b, y, static, need):
                 dw.addmm_(h_i.t(), dz.t())
     if db is not None:
         db = db.to(b.dtype)
-    return total * scale, dh, dw, db
+    return total, dh, dw, db
 
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, b, y, static, need):
-        h_, w_, b_ = (None if t is None else t.detach() for t in (h, w, b))
-        total, *grads = _liger(h_, w_, b_, y, static, need)
+    def forward(ctx, h, w, b, y, sw, static, need):
+        h_, w_, b_, sw_ = (None if t is None else t.detach() for t in (h, w, b, sw))
+        total, *grads = _liger(h_, w_, b_, y, sw_, static, need)
         ctx.grads, ctx.static, ctx.need = grads, static, need
-        ctx.save_for_backward(h, w, b, y)
+        ctx.save_for_backward(h, w, b, y, sw)
         return total
 
     @staticmethod
     def backward(ctx, upstream):
         grads, ctx.grads = ctx.grads, None
         if grads is None:  # a second backward pass (retain_graph): the first one used them
-            h, w, b, y = ctx.saved_tensors
-            grads = _liger(h, w, b, y, ctx.static, ctx.need)[1:]
+            h, w, b, y, sw = ctx.saved_tensors
+            grads = _liger(h, w, b, y, sw, ctx.static, ctx.need)[1:]
         # Handed over, not kept: autograd may adopt them as `.grad` without copying.
         if not bool(upstream == 1):
             grads = [None if g is None else g.mul_(upstream.to(g.dtype)) for g in grads]
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def after(tensors):

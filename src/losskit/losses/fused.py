@@ -59,7 +59,9 @@ def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing, axis=1):
 def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
     """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
     any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
-    token chunks and written once."""
+    token chunks and written once. The gradient of `hidden` is a running sum over vocabulary
+    blocks in float32 (`N x H`, for 16-bit hidden states an extra buffer of twice their size),
+    written in `hidden`'s dtype at the end."""
     head = fh.Head(w, head_rows)
     n, vocab = ops.shape(h)[0], head.vocab
     chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab, chunk_size)
@@ -98,13 +100,6 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
 
     def grad_fn(upstream):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
-        # A 16-bit `hidden` would need a float32 running sum of dh, twice the gradient's size:
-        # its own pass over token chunks (vocabulary blocks inside) completes each chunk's dh
-        # and writes it once, at the cost of one more matmul. Its chunks are smaller: a chunk's
-        # float32 dh and hidden states are its temporaries.
-        dh_apart = fh.accumulation_dtype(h) != keras.backend.standardize_dtype(h.dtype)
-        dh_chunk, dh_block = (chunk, block) if chunk is None else fh.tiles(
-            n, head.hidden_dim, vocab, max(1, chunk // 4))
 
         def tile_dlogits(h_i, t0, keep_t, v0, chunk, block):
             g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
@@ -115,17 +110,6 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
                           vocab, zl, ls)
             return _uncap(dz, z, cap), w_j
 
-        def dh_step(t0, keep_t, dh):
-            h_i = fh.rows(h, t0, dh_chunk)
-
-            def vocab_step(v0, keep_v, acc):
-                dz, w_j = tile_dlogits(h_i, t0, None, v0, dh_chunk, dh_block)
-                return acc + head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
-
-            acc = ops.zeros((ops.shape(h_i)[0], head.hidden_dim), dtype)
-            acc = fh.loop_blocks(vocab, dh_block, vocab_step, acc)
-            return fh.put(dh, t0, acc, dh_chunk)
-
         def vocab_step(v0, keep_v, carry):
             dh, dw, db = carry
 
@@ -135,10 +119,9 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
                 dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, chunk, block)
                 gw = gw + head.grad(dz, h_i, dtype)
                 gb = gb + ops.sum(dz, axis=0)
-                if not dh_apart:
-                    # Columns an earlier block covered already added their share to dh.
-                    back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
-                    dh = fh.accumulate(dh, t0, back, chunk)
+                # Columns an earlier block covered already added their share to dh.
+                back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+                dh = fh.accumulate(dh, t0, back, chunk)
                 return dh, gw, gb
 
             gw = ops.zeros((block, head.hidden_dim) if head.rows else (head.hidden_dim, block),
@@ -151,24 +134,23 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
             return dh, dw, db
 
         init = (
-            () if dh_apart else backend.zeros(ops.shape(h), dtype),
+            backend.zeros(ops.shape(h), dtype),
             backend.zeros(ops.shape(w), w.dtype),
             () if b is None else backend.zeros(ops.shape(b), b.dtype),
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
-        if dh_apart:
-            with backend.after(dw):  # one pass at a time: each holds its own temporaries
-                dh = fh.loop_blocks(n, dh_chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
-        return dh, dw, None if b is None else db, None
+        return ops.cast(dh, h.dtype), dw, None if b is None else db, None
 
     return loss, grad_fn
 
 
-def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
-    """Sum of per-token losses times `scale`, with every gradient computed in the same pass while
-    each token chunk's logits exist (Liger): 3 matmuls. The weight gradient is a running sum
-    updated in place one vocabulary block at a time, so no `V x H` temporary exists; used where
-    the inputs are already in the accumulation dtype and the backend updates in place. A chunk's
+def _scalar_in_place(h, w, b, y, sw, scale, *, head_rows, dtype, opts, chunk_size):
+    """Sum of per-token losses times their weights `sw` (None: 1) and `scale`, with every
+    gradient computed in the same pass while each token chunk's logits exist (Liger): 3 matmuls.
+    The weight gradient is a running sum updated in place one vocabulary block at a time, so no
+    `V x H` temporary exists; used where the weight (and bias) are already in the accumulation
+    dtype and the backend updates in place. 16-bit hidden states (Keras mixed precision: a
+    float32 kernel) get their gradient through a float32 `N x H` buffer, cast once. A chunk's
     logits lie as the projection does, vocabulary on `head.axis`: `(V, chunk)` for a `(V, H)`
     weight, whose three products then read it row by row (2-4x faster on XLA:CPU than
     `(chunk, V)`, with no packed copy of the weight)."""
@@ -186,6 +168,9 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         start = fh.block_start(i, chunk, n)
         h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
+        weight = scale * ops.ones_like(y_i, dtype)
+        if sw is not None:
+            weight = weight * backend.take(sw, start, chunk)
         z = _soft_cap(head.chunk_logits(h_i, b, dtype), cap)
         lse = ops.logsumexp(z, axis=vax)
         # A gather, not a masked sum: XLA:CPU materialises the input of a reduction (one more
@@ -194,8 +179,8 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         z_y = ops.squeeze(ops.take_along_axis(z, y_c, axis=vax), vax)
         z_sum = ops.sum(z, axis=vax) if ls else None
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
-        total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
-        g = ops.where(valid, scale * ops.ones_like(lse), ops.zeros_like(lse))
+        g = ops.where(valid, weight, ops.zeros_like(lse))
+        total = total + ops.sum(ops.where(valid, loss * g, ops.zeros_like(loss)))
         dz = _uncap(_dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax), z, cap)
         dh = backend.add_rows(dh, start, head.chunk_back(dz, dtype))
         if b is not None:
@@ -208,18 +193,20 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
 
     init = (
         ops.zeros((), dtype),
-        backend.zeros(ops.shape(h), h.dtype),
+        backend.zeros(ops.shape(h), dtype),
         backend.zeros(ops.shape(w), w.dtype),
         () if b is None else backend.zeros(ops.shape(b), b.dtype),
     )
     total, dh, dw, db = backend.sequential_fori_loop(fh.num_blocks(n, chunk), step, init)
+    if keras.backend.standardize_dtype(h.dtype) != dtype:
+        dh = ops.cast(dh, h.dtype)
 
     def grad_fn(upstream):
         # The gradients are not reused: scaling them in place saves a copy of each (torch).
         grads = [backend.scale(g, upstream) for g in (dh, dw)]
         return grads[0], grads[1], None if b is None else backend.scale(db, upstream), None
 
-    return total * scale, grad_fn
+    return total, grad_fn
 
 
 @register(precision="input")
@@ -236,6 +223,7 @@ def fused_linear_cross_entropy(
     label_smoothing=0.0,
     reduction="mean",
     logit_soft_cap=None,
+    sample_weight=None,
 ):
     """Cross-entropy of a linear head, `CE(hidden @ weight.T + bias, labels)`, without logits.
 
@@ -302,6 +290,11 @@ def fused_linear_cross_entropy(
             for per-token losses of shape `labels.shape` (0 for ignored tokens).
         logit_soft_cap: None, or `c > 0`: the logits are `c * tanh(z / c)` (Gemma-2's
             `final_logit_soft_cap`, e.g. 30.0).
+        sample_weight: optional per-token weights `w` of shape `labels.shape`: `"sum"` gives
+            `sum w_i loss_i`, `"mean"` that divided by the kept tokens (Keras's rule), `"none"`
+            `w_i loss_i`. No gradient flows to them. An `Objective` passes each token's weight
+            divided by the global normaliser here, with `reduction="sum"`, so that a `Term`'s
+            value is a scalar whose backward pass only scales (the in-place schedule).
 
     Returns:
         A scalar, or per-token losses, in float32 (float64 for float64 inputs).
@@ -318,24 +311,38 @@ def fused_linear_cross_entropy(
     hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
     h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
-    # 16-bit inputs would need a float32 copy of the weight gradient as running sum.
-    same_dtype = all(t is None or t.dtype == h.dtype for t in (head.matrix, bias))
-    in_place = (reduction != "none" and same_dtype and "float16" not in str(h.dtype)
-                and backend.updates_in_place() and bool(h.shape[0]))
+    sw = None if sample_weight is None else _flat_weights(sample_weight, labels)
+    # A 16-bit weight would need a float32 copy of its gradient as running sum; 16-bit hidden
+    # states (mixed precision) need only a float32 `N x H` one.
+    acc = fh.accumulation_dtype(h, head.matrix, bias)
+    weight_in_acc = all(t is None or keras.backend.standardize_dtype(t.dtype) == acc
+                        for t in (head.matrix, bias))
+    in_place = (reduction != "none" and weight_in_acc and backend.updates_in_place()
+                and bool(h.shape[0]))
     # Everything that shapes the computation; hashable, so a backend may cache a compiled form.
     static = dict(rows=head.rows, reduction=reduction, chunk_size=chunk_size, in_place=in_place,
                   vocab_block=fh.VOCAB_BLOCK_OVERRIDE, ignore_index=ignore_index, z_loss=z_loss,
                   label_smoothing=label_smoothing, logit_soft_cap=logit_soft_cap)
     loss = None
     if not in_plain_autodiff():  # the check differentiates the portable forward pass
-        loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, static)
+        loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, sw, static)
     if loss is None:
-        loss = _portable(h, head.matrix, bias, y, **static)
+        loss = _portable(h, head.matrix, bias, y, sw, **static)
     if reduction == "none":
         # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
         # Keras reduction) leaves ignored tokens out of the denominator.
         return masked(ops.reshape(loss, ops.shape(labels)), ops.not_equal(labels, ignore_index))
     return loss
+
+
+def _flat_weights(sample_weight, labels):
+    sw = ops.convert_to_tensor(sample_weight)
+    if "float" not in keras.backend.standardize_dtype(sw.dtype):
+        raise TypeError(f"{_NAME}: sample_weight must be a floating tensor, got dtype {sw.dtype}.")
+    if None not in labels.shape and tuple(sw.shape) != tuple(labels.shape):
+        raise ValueError(f"{_NAME}: sample_weight must have the labels' shape "
+                         f"{tuple(labels.shape)} (one weight per token), got {tuple(sw.shape)}.")
+    return ops.reshape(sw, (-1,))
 
 
 def _check_soft_cap(cap):
@@ -346,25 +353,29 @@ def _check_soft_cap(cap):
     return float(cap)
 
 
-def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
+def _portable(h, w, b, y, sw, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
               z_loss, label_smoothing, logit_soft_cap):
     """The `keras.ops` computation: the scalar loss, or flat per-token losses for "none"."""
     del vocab_block  # read from fh.VOCAB_BLOCK_OVERRIDE; in `static` to key compiled caches
     dtype = fh.accumulation_dtype(h, w, b)
     opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing,
                 logit_soft_cap=logit_soft_cap)
+    if sw is not None:
+        sw = ops.cast(sw, dtype)
     if in_place:
 
         @custom_gradient
-        def fused(h, w, b, y):
+        def fused(h, w, b, y, sw):
             # Computed here, not closed over: JAX forbids closing over values traced by a jit.
             count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
             scale = 1.0 / ops.maximum(count, 1.0) if reduction == "mean" else 1.0
-            return _scalar_in_place(
-                h, w, b, y, scale, head_rows=rows, dtype=dtype, opts=opts, chunk_size=chunk_size,
+            value, grad_fn = _scalar_in_place(
+                h, w, b, y, sw, scale, head_rows=rows, dtype=dtype, opts=opts,
+                chunk_size=chunk_size,
             )
+            return value, lambda upstream: (*grad_fn(upstream), None)  # none to the weights
 
-        return fused(h, w, b, y)
+        return fused(h, w, b, y, sw)
 
     @custom_gradient
     def per_token(h, w, b, y):
@@ -372,6 +383,8 @@ def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block,
                           chunk_size=chunk_size)
 
     losses = per_token(h, w, b, y)
+    if sw is not None:
+        losses = losses * ops.stop_gradient(sw)
     if reduction == "none":
         return losses
     total = ops.sum(losses)
@@ -380,6 +393,15 @@ def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block,
     count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
     return total / ops.maximum(count, 1.0)
 
+
+def _kept_positions(labels, ignore_index=-100, **_):
+    """The tokens a Term of `fused_linear_cross_entropy` keeps (the mask of its per-token
+    values): an Objective weights them and hands the weights back (`sample_weight`)."""
+    return ops.not_equal(ops.convert_to_tensor(labels), ignore_index)
+
+
+# The protocol of functions that reduce themselves in a Term (see `Term.reduces_itself`).
+fused_linear_cross_entropy.kept_positions = _kept_positions
 
 # No Loss class: its inputs are not (y_true, y_pred); use it in a Term or a train step.
 FUNCTIONS, CLASSES = family(__name__)
