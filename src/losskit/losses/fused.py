@@ -246,18 +246,24 @@ def fused_linear_cross_entropy(
 
     The `N x V` logits are never materialised, and the gradient is written by hand:
 
-    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX, torch and TensorFlow
-      under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's gradients
-      are computed while its logits exist, so the backward pass only scales them (Liger-Kernel):
-      three matmuls, as many as the naive computation; the weight gradient is a running sum
-      updated in place.
-    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow outside XLA): the forward pass
+    - `reduction="mean"`/`"sum"` with a float32 (or float64) weight and bias, on JAX, torch and
+      TensorFlow under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's
+      gradients are computed while its logits exist, so the backward pass only scales them
+      (Liger-Kernel): three matmuls, as many as the naive computation; the weight gradient is a
+      running sum updated in place in its own float32 buffer. 16-bit hidden states (Keras mixed
+      precision: a float32 kernel) are allowed; their gradient goes through a float32 `N x H`
+      buffer. As a `Term`, the Objective hands the function each token's weight over the
+      global normaliser (`sample_weight`, `reduction="sum"`), so a Term takes this path too.
+    - otherwise (`reduction="none"`, 16-bit weights, TensorFlow outside XLA): the forward pass
       computes each token's log-sum-exp over vocabulary blocks (online), and the backward pass
       recomputes the logits one vocabulary block at a time, token chunk by token chunk (Cut
       Cross-Entropy): four matmuls, but every block's weight gradient is complete when computed,
       so it is accumulated in float32 and written once in the weight's dtype, and the upstream
-      gradient may weight tokens freely. The gradient of 16-bit hidden states gets a pass of its
-      own over token chunks (a fifth matmul), so that no float32 `N x H` running sum exists.
+      gradient may weight tokens freely. The gradient of `hidden` is a float32 `N x H` running
+      sum over vocabulary blocks.
+
+    Extra memory beyond the gradients: one tile of logits (a token chunk's, or a chunk x block
+    tile's) and, for 16-bit hidden states, the float32 `N x H` sum of their gradient.
 
     Backend fast paths (`backend.fused_linear_ce`), for `reduction="mean"`/`"sum"` only; every
     other call, and every call inside `losskit.gradients.plain_autodiff()`, takes the portable
