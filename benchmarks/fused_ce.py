@@ -24,6 +24,13 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
     python benchmarks/fused_ce.py                       # all parts, full size (~15 min idle)
     python benchmarks/fused_ce.py --quick               # tiny sizes, to check the script
     python benchmarks/fused_ce.py --parts compiled precision
+    python benchmarks/fused_ce.py --parts time --sweep --backends jax   # every shape (hours)
+    python benchmarks/fused_ce.py --parts time --sweep --sweep-limit 3 --backends jax
+
+`--sweep` times N in {2048, 8192} x H in {512, 1024, 2048} x V in {32768, 128256} (issue 21),
+into `results/fused_ce_sweep.json`, each shape with the load average before and after.
+`--candidates naive fused torch_linear_ce --backends torch` adds PyTorch's own
+`torch.nn.functional.linear_cross_entropy` (2.13+, chunking opted in).
 """
 
 import json
@@ -59,7 +66,29 @@ def fused_per_token_loss(hidden, weight, bias, labels):
     return ops.mean(fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction="none"))
 
 
-LOSSES = {"naive": naive_loss, "fused": fused_loss, "fused_per_token": fused_per_token_loss}
+def fused_chunk_256_loss(hidden, weight, bias, labels):
+    """The in-place schedule with 256-token chunks (the default makes a chunk's logits about as
+    large as `hidden`: 64 tokens at H = 512, V = 32768), to see what chunk size costs in time."""
+    from losskit.losses import fused_linear_cross_entropy
+
+    return fused_linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=256)
+
+
+def torch_linear_ce_loss(hidden, weight, bias, labels):
+    """PyTorch's own `torch.nn.functional.linear_cross_entropy` (2.13+), chunking opted in."""
+    import torch
+
+    functional = torch.nn.functional
+    if not hasattr(functional, "linear_cross_entropy"):
+        raise RuntimeError(f"torch {torch.__version__} has no linear_cross_entropy (2.13+)")
+    return functional.linear_cross_entropy(hidden, weight, labels.long(), linear_bias=bias,
+                                           options=torch.nn.LinearCrossEntropyOptions())
+
+
+LOSSES = {"naive": naive_loss, "fused": fused_loss, "fused_per_token": fused_per_token_loss,
+          "fused_chunk_256": fused_chunk_256_loss, "torch_linear_ce": torch_linear_ce_loss}
+# A candidate that exists on one backend only.
+ONLY_ON = {"torch_linear_ce": "torch"}
 
 
 def make_inputs(n, h, v, dtype, seed=0):
@@ -90,22 +119,39 @@ def step_fn(name, mode):
 # ------------------------------------------------------------------------------- parts (children)
 
 
+SWEEP = [(n, h, v) for v in (32768, 128256) for h in (512, 1024, 2048) for n in (2048, 8192)]
+
+
+def time_shapes(args):
+    """`--sweep`: every benchmarked shape (smallest work first; `--sweep-limit` keeps the
+    first k); otherwise `--time-tokens` at `--hidden`, `--vocab`."""
+    if args.sweep:
+        shapes = sorted(SWEEP, key=lambda s: s[0] * s[1] * s[2])
+        return shapes[:args.sweep_limit] if args.sweep_limit else shapes
+    return [(n, args.hidden, args.vocab) for n in args.time_tokens]
+
+
 def part_time(args):
     import keras
 
+    backend = keras.backend.backend()
     result = {}
-    for n in args.time_tokens:
-        inputs = make_inputs(n, args.hidden, args.vocab, "float32")
-        mode = "jit" if keras.backend.backend() != "torch" else "eager"
-        steps = {name: step_fn(name, mode) for name in args.candidates}
+    for n, hidden, vocab in time_shapes(args):
+        inputs = make_inputs(n, hidden, vocab, "float32")
+        mode = "jit" if backend != "torch" else "eager"
+        names = [c for c in args.candidates if ONLY_ON.get(c, backend) == backend]
+        steps = {name: step_fn(name, mode) for name in names}
+        load_before = os.getloadavg()
         timing = common.interleaved(
             {name: (lambda s=s, x=inputs: s(*x)) for name, s in steps.items()}, repeats=args.repeats
         )
         for name, r in common.ratios(timing, "naive").items():
             timing[name].update(r)
-            print(f"time {keras.backend.backend()} {mode} N={n} {name:16s} "
+            print(f"time {backend} {mode} N={n} H={hidden} V={vocab} {name:16s} "
                   f"{timing[name]['median_s']:.3f} s ratio {r['ratio']:.3f}", flush=True)
-        result[f"N={n}"] = {"shape": [n, args.hidden, args.vocab], "mode": mode, "timing": timing}
+        key = f"N={n}" if not args.sweep else f"N={n},H={hidden},V={vocab}"
+        result[key] = {"shape": [n, hidden, vocab], "mode": mode, "timing": timing,
+                       "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     return result
 
 
@@ -257,7 +303,12 @@ def child(args):
         if part in ("compiled", "precision") and backend != "jax":
             continue  # XLA's analysis is read through JAX; the precision check needs one backend
         result[part] = parts[part](args)
-    common.save_child("fused_ce", backend, result)
+    common.save_child(result_name(args), backend, result)
+
+
+def result_name(args):
+    """A sweep's results apart (`fused_ce_sweep`), beside the full run's `fused_ce`."""
+    return "fused_ce_sweep" if args.sweep else "fused_ce"
 
 
 def main():
@@ -268,6 +319,9 @@ def main():
         hidden=dict(type=int, default=1024),
         vocab=dict(type=int, default=32768),
         time_tokens=dict(type=int, nargs="+", default=[4096, 8192]),
+        sweep=dict(action="store_true", help="--part time over every benchmarked shape: "
+                   "H in {512, 1024, 2048}, N in {2048, 8192}, V in {32768, 128256}"),
+        sweep_limit=dict(type=int, default=0, help="with --sweep: only the k smallest shapes"),
         mode_shape=dict(type=int, nargs=3, default=[4096, 512, 32768]),
         mode_dtypes=dict(nargs="+", default=["float32", "bfloat16"]),
         parts=dict(nargs="+", default=["compiled", "precision", "time", "modes"],
@@ -286,7 +340,7 @@ def main():
     if args.backend:
         return child(args)
     argv = [a for a in sys.argv[1:]]
-    common.run_per_backend("fused_ce", __file__, argv, backends=args.backends)
+    common.run_per_backend(result_name(args), __file__, argv, backends=args.backends)
 
 
 if __name__ == "__main__":

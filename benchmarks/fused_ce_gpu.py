@@ -11,6 +11,8 @@ and, per head, forward + backward (gradients w.r.t. hidden and weight) of
 - `naive_jax`: `hidden @ weight.T` in float32, `jax.jit`;
 - `liger`: Liger-Kernel's `LigerFusedLinearCrossEntropyLoss` (if `liger_kernel` imports);
 - `cce`: Cut Cross-Entropy's `linear_cross_entropy` (if `cut_cross_entropy` imports);
+- `torch_lce`: PyTorch's own `torch.nn.functional.linear_cross_entropy` (2.13+), chunking opted
+  in with `torch.nn.LinearCrossEntropyOptions()` (skipped on an older torch);
 - `naive_torch`: `torch.nn.functional.cross_entropy(hidden @ weight.T .float())` (if a CUDA torch
   imports).
 
@@ -36,7 +38,7 @@ from pathlib import Path
 
 HEADS = {"gemma2_2b": (2304, 256000), "llama3_8b": (4096, 128256)}
 JAX_CANDIDATES = ("losskit", "naive_jax")
-TORCH_CANDIDATES = ("liger", "cce", "naive_torch")
+TORCH_CANDIDATES = ("liger", "cce", "torch_lce", "naive_torch")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -130,6 +132,13 @@ def run_torch(name, n, h, v, args):
 
             def loss(hd, w, y):
                 return linear_cross_entropy(hd, w, y)
+        elif name == "torch_lce":
+            if not hasattr(torch.nn.functional, "linear_cross_entropy"):
+                return {"skipped": f"torch {torch.__version__} has no linear_cross_entropy"}
+            options = torch.nn.LinearCrossEntropyOptions()
+
+            def loss(hd, w, y):
+                return torch.nn.functional.linear_cross_entropy(hd, w, y, options=options)
         else:
 
             def loss(hd, w, y):

@@ -16,11 +16,15 @@ IGNORE = -100
 BACKEND = keras.backend.backend()
 
 
-def naive(hidden, weight, labels, bias=None, z_loss=0.0, label_smoothing=0.0, reduction="mean"):
-    """The materialised computation: Keras's cross-entropy on the full logits."""
+def naive(hidden, weight, labels, bias=None, z_loss=0.0, label_smoothing=0.0, reduction="mean",
+          logit_soft_cap=None):
+    """The materialised computation: Keras's cross-entropy on the full logits (soft-capped as
+    Gemma-2's head: `cap * tanh(z / cap)`)."""
     logits = ops.matmul(hidden, ops.transpose(weight))
     if bias is not None:
         logits = logits + bias
+    if logit_soft_cap is not None:
+        logits = logit_soft_cap * ops.tanh(logits / logit_soft_cap)
     labels = ops.convert_to_numpy(labels)
     valid = labels != IGNORE
     safe = ops.convert_to_tensor(np.where(valid, labels, 0).astype("int32"))
@@ -111,6 +115,71 @@ def test_matches_naive_with_bias_and_ignore_index(reduction, options, schedule):
         (hidden, weight, bias),
         upstream=upstream if reduction == "none" else None,
     )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "options", [{}, {"z_loss": 1e-2, "label_smoothing": 0.1}], ids=["plain", "zloss_smoothing"]
+)
+def test_logit_soft_cap_matches_the_naive_capped_head(reduction, options, schedule):
+    # Logits up to ~8 against a cap of 2: deep in tanh's curved range, so a missed cap or a
+    # missed 1 - tanh^2 factor is far outside the tolerance.
+    hidden, weight, bias, labels = problem(37, 16, 29, ignore_every=5)
+    weight = weight * 3.0
+    upstream = np.random.default_rng(1).uniform(0.5, 1.5, 37).astype("float32")
+    assert_same(
+        lambda h, w, b: fused_linear_cross_entropy(
+            h, w, labels, bias=b, chunk_size=8, reduction=reduction, logit_soft_cap=2.0,
+            **options,
+        ),
+        lambda h, w, b: naive(h, w, labels, bias=b, reduction=reduction, logit_soft_cap=2.0,
+                              **options),
+        (hidden, weight, bias),
+        upstream=upstream if reduction == "none" else None,
+    )
+    plain = fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction=reduction)
+    capped = fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction=reduction,
+                                        logit_soft_cap=2.0)
+    assert not np.allclose(ops.convert_to_numpy(plain), ops.convert_to_numpy(capped))
+
+
+@pytest.mark.parametrize("mode", compile_modes())
+def test_logit_soft_cap_in_every_execution_mode(mode, schedule):
+    hidden, weight, bias, labels = problem(23, 8, 19, ignore_every=4)
+    kernel = np.ascontiguousarray(weight.T * 4.0)
+    assert_same(
+        compiled(lambda h, k, b: fused_linear_cross_entropy(
+            h, labels=labels, kernel=k, bias=b, chunk_size=8, logit_soft_cap=1.5), mode),
+        lambda h, k, b: naive(h, ops.transpose(k), labels, bias=b, logit_soft_cap=1.5),
+        (hidden, kernel, bias),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_logit_soft_cap_with_16bit_inputs(dtype, schedule):
+    """bfloat16 inputs: the capped loss equals the float32 capped head on the rounded inputs."""
+    hidden, weight, bias, labels = problem(40, 16, 50, ignore_every=5)
+    inputs = [ops.cast(x, dtype) for x in (hidden, weight * 3.0, bias)]
+    value, grads = value_and_grad(
+        lambda h, w, b: fused_linear_cross_entropy(h, w, labels, bias=b, logit_soft_cap=3.0),
+        *inputs,
+    )
+    rounded = [ops.convert_to_numpy(ops.cast(x, "float32")) for x in inputs]
+    want, want_grads = value_and_grad(
+        lambda h, w, b: naive(h, w, labels, bias=b, logit_soft_cap=3.0), *rounded
+    )
+    np.testing.assert_allclose(value, want, rtol=1e-3)
+    for g, w in zip(grads, want_grads):
+        assert str(g.dtype) == dtype
+        np.testing.assert_allclose(ops.convert_to_numpy(ops.cast(g, "float32")), w,
+                                   atol=2e-2 if dtype == "bfloat16" else 1e-5, rtol=2e-2)
+
+
+def test_logit_soft_cap_refuses_a_bad_cap():
+    hidden, weight, _, labels = problem(5, 4, 7)
+    for cap in (0.0, -1.0, "30", True):
+        with pytest.raises(ValueError, match="logit_soft_cap must be None or a number > 0"):
+            fused_linear_cross_entropy(hidden, weight, labels, logit_soft_cap=cap)
 
 
 @pytest.mark.parametrize("mode", compile_modes())

@@ -56,7 +56,8 @@ def assert_close(got, want, tol):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"z_loss": 1e-2}, {"label_smoothing": 0.1}, {"z_loss": 1e-3, "label_smoothing": 0.2}],
+    [{}, {"z_loss": 1e-2}, {"label_smoothing": 0.1}, {"z_loss": 1e-3, "label_smoothing": 0.2},
+     {"logit_soft_cap": 1.5}, {"logit_soft_cap": 2.0, "z_loss": 1e-3, "label_smoothing": 0.2}],
 )
 @pytest.mark.parametrize("layout", ["weight", "kernel"])
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -75,8 +76,9 @@ def test_fast_path_equals_portable(reduction, options, layout, with_bias, chunk_
     assert_close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("cap", [None, 2.0])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_16bit_fast_path_close_to_portable(dtype, monkeypatch):
+def test_16bit_fast_path_close_to_portable(dtype, cap, monkeypatch):
     """16-bit inputs: the torch path rounds logits and dlogits to bfloat16 for its matmuls and
     accumulates the weight gradient in bfloat16 (Liger's choice), so it agrees with the float32
     accumulation of the portable path to bfloat16 precision only. float16 has no torch fast path
@@ -85,7 +87,8 @@ def test_16bit_fast_path_close_to_portable(dtype, monkeypatch):
     inputs = [ops.cast(x, dtype) for x in (hidden, weight, bias)]
 
     def fn(h, w, b):
-        return fused_linear_cross_entropy(h, w, labels, bias=b, chunk_size=16, z_loss=1e-3)
+        return fused_linear_cross_entropy(h, w, labels, bias=b, chunk_size=16, z_loss=1e-3,
+                                          logit_soft_cap=cap)
 
     calls = []
     fast = backend.fused_linear_ce

@@ -166,15 +166,20 @@ class Objective:
         values, weights, counts = {}, {}, {}
         total = None
         for term in self.terms:
-            v, mask = term.values(lookup)
-            if len(v.shape) == 0:
-                v = v / replicas
-                counts[term.name] = (n_local, n_global)
-            else:
-                _contract.check_per_sample(f"term '{term.name}'", v, first.shape[0])
-                v, counts[term.name] = self._reduce(
-                    term, v, mask, sample_weight, n_local, n_global, ctx
+            if term.reduces_itself:
+                v, counts[term.name] = self._reduce_itself(
+                    term, lookup, sample_weight, first.shape[0], ctx
                 )
+            else:
+                v, mask = term.values(lookup)
+                if len(v.shape) == 0:
+                    v = v / replicas
+                    counts[term.name] = (n_local, n_global)
+                else:
+                    _contract.check_per_sample(f"term '{term.name}'", v, first.shape[0])
+                    v, counts[term.name] = self._reduce(
+                        term, v, mask, sample_weight, n_local, n_global, ctx
+                    )
             w = term.weight_at(step)
             values[term.name] = v
             weights[term.name] = w
@@ -205,6 +210,24 @@ class Objective:
         if isinstance(count, float) and count > 0:
             return ops.sum(v) / count, (local, count)
         return ops.divide_no_nan(ops.sum(v), count), (local, count)
+
+    @staticmethod
+    def _reduce_itself(term, lookup, sample_weight, batch, ctx):
+        """`_reduce`'s `(value, counts)`, the value computed by the term's function from each
+        position's weight over the global normaliser: a scalar whose gradient the function
+        writes in its forward pass (the fused losses' in-place schedule: as many matmuls as the
+        naive head)."""
+        tensors = term.tensors(lookup)
+        kept = ops.cast(term.kept(tensors), "float32")
+        _contract.check_per_sample(f"term '{term.name}'", kept, batch)
+        weights = kept
+        sample_weight = _term_sample_weight(term, sample_weight)
+        if sample_weight is not None:
+            weights = kept * _fit_sample_weight(term.name, sample_weight, kept)
+        local = ops.sum(kept)
+        count = backend.all_reduce_sum(ctx, local)
+        value = term.weighted_sum(tensors, ops.divide_no_nan(weights, count))
+        return value, (local, count)
 
     def _lookup(self, x, y, pred, layers, variables):
         tensors = {}

@@ -140,6 +140,15 @@ class Term:
                 constants[key] = value
         self.constants = constants
         self._call_constants = {**loss_constants, **constants}
+        # A function that reduces itself (`fn.kept_positions`: the fused losses) is handed each
+        # position's weight over the global normaliser by the Objective and returns the term's
+        # value as a scalar, so that its backward pass only scales (see `weighted_sum`); unless
+        # the term fixes its reduction or weights itself.
+        self.reduces_itself = (
+            callable(getattr(target, "kept_positions", None))
+            and {"reduction", "sample_weight"} <= set(params)
+            and not {"reduction", "sample_weight"} & (set(self._call_constants) | set(routes))
+        )
         if "reduction" in params and "reduction" not in self._call_constants:
             # A function that can reduce itself (the fused losses) gives the Objective its
             # per-position values, which the Objective reduces by its own rule.
@@ -190,19 +199,8 @@ class Term:
     def values(self, lookup):
         """The term's float32 values: per sample `(B,)`, per position `(B, T, ...)`, or a scalar
         for a batch-independent term; with the Keras mask the function attached, if any."""
-        floatx = keras.backend.floatx()
-        # NumPy arrays become tensors: outside `fit` (torch `train_on_batch`, a hand-written
-        # loop) side data and labels can arrive as NumPy, which torch cannot mix with tensors.
-        tensors = {
-            p: _precision.to_float(_precision.as_tensor(lookup(self.name, p, s)), floatx)
-            for p, s in self.sources.items()
-        }
-        if "y_true" in tensors and "y_pred" in tensors:
-            tensors["y_true"], tensors["y_pred"] = self._align(tensors["y_true"], tensors["y_pred"])
-        try:
-            values = self._target(**tensors, **self._call_constants)
-        except Exception as error:  # noqa: BLE001 - re-raised with the term's name
-            raise _named(error, f"Term '{self.name}'") from error
+        tensors = self.tensors(lookup)
+        values = self._call(tensors)
         mask = _keras.get_keras_mask(values)
         values = ops.cast(values, "float32")
         if len(values.shape) == 0 and not self.batch_independent:
@@ -213,6 +211,36 @@ class Term:
                 "so that sample weights and the global-batch reduction apply."
             )
         return values, mask
+
+    def tensors(self, lookup):
+        """The function's tensor arguments, `{parameter: tensor}`, read from the step."""
+        floatx = keras.backend.floatx()
+        # NumPy arrays become tensors: outside `fit` (torch `train_on_batch`, a hand-written
+        # loop) side data and labels can arrive as NumPy, which torch cannot mix with tensors.
+        tensors = {
+            p: _precision.to_float(_precision.as_tensor(lookup(self.name, p, s)), floatx)
+            for p, s in self.sources.items()
+        }
+        if "y_true" in tensors and "y_pred" in tensors:
+            tensors["y_true"], tensors["y_pred"] = self._align(tensors["y_true"], tensors["y_pred"])
+        return tensors
+
+    def _call(self, tensors, fn=None, **overrides):
+        try:
+            return (fn or self._target)(**tensors, **{**self._call_constants, **overrides})
+        except Exception as error:  # noqa: BLE001 - re-raised with the term's name
+            raise _named(error, f"Term '{self.name}'") from error
+
+    def kept(self, tensors):
+        """For a term that `reduces_itself`: the positions its values would have, true where
+        kept (the Keras mask its per-position values would carry)."""
+        return self._call(tensors, fn=self._target.kept_positions)
+
+    def weighted_sum(self, tensors, weights):
+        """For a term that `reduces_itself`: `sum_i weights_i * value_i` over its positions
+        (`weights` shaped as `kept`), a float32 scalar, computed by the function itself."""
+        value = self._call(tensors, reduction="sum", sample_weight=weights)
+        return ops.cast(value, "float32")
 
     def _align(self, y_true, y_pred):
         if isinstance(self.fn, keras.losses.Loss) and not isinstance(self.fn, FunctionLoss):

@@ -175,12 +175,13 @@ def term_gradients(values_fn, variables, constants=(), values=None):
     return _impl().term_gradients(values_fn, list(variables), list(constants), values)
 
 
-def fused_linear_ce(portable, h, w, b, y, static):
+def fused_linear_ce(portable, h, w, b, y, sw, static):
     """The backend's fast path of `fused_linear_cross_entropy` on flattened inputs, or None where
-    it has none (then `portable(h, w, b, y, **static)`, the `keras.ops` form, runs).
+    it has none (then `portable(h, w, b, y, sw, **static)`, the `keras.ops` form, runs).
 
-    `h` `(N, H)`, `w` `(V, H)` (`static["rows"]`) or `(H, V)`, `b` `(V,)` or None, `y` `(N,)`;
+    `h` `(N, H)`, `w` `(V, H)` (`static["rows"]`) or `(H, V)`, `b` `(V,)` or None, `y` `(N,)`,
+    `sw` `(N,)` per-token weights (no gradient) or None;
     `static` holds the hashable options (reduction, ignore_index, z_loss, label_smoothing,
     chunk_size, ...). Returns what `portable` returns, with the same gradients.
     """
-    return _impl().fused_linear_ce(portable, h, w, b, y, static)
+    return _impl().fused_linear_ce(portable, h, w, b, y, sw, static)

@@ -179,14 +179,14 @@ def _compiled(portable, static):
     """`(value, value_and_grad)` of `portable` as cached `jax.jit` functions (one per options)."""
     key = (portable, tuple(sorted(static.items())))
     if key not in _COMPILED:
-        def value(h, w, b, y):
-            return portable(h, w, b, y, **static)
+        def value(h, w, b, y, sw):
+            return portable(h, w, b, y, sw, **static)
 
         _COMPILED[key] = (jax.jit(value), jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2))))
     return _COMPILED[key]
 
 
-def fused_linear_ce(portable, h, w, b, y, static):
+def fused_linear_ce(portable, h, w, b, y, sw, static):
     """Eager JAX: the whole loss and its gradients as one cached `jax.jit` call.
 
     Op by op, the loop of the fused loss runs as a separate XLA computation whose carried
@@ -198,21 +198,21 @@ def fused_linear_ce(portable, h, w, b, y, static):
     Under a `jit` (traced inputs) and for per-token losses (any upstream), None: the portable
     form is already compiled, or cannot know its upstream gradient.
     """
-    if static["reduction"] == "none" or not _concrete(h, w, b, y):
+    if static["reduction"] == "none" or not _concrete(h, w, b, y, sw):
         return None
     value, value_and_grad = _compiled(portable, static)
 
     @jax.custom_vjp
-    def loss(h, w, b, y):
-        return value(h, w, b, y)
+    def loss(h, w, b, y, sw):
+        return value(h, w, b, y, sw)
 
     def backward(grads, upstream):
         if not (_concrete(upstream) and float(upstream) == 1.0):
             grads = jax.tree.map(lambda g: g * upstream.astype(g.dtype), grads)
-        return (*grads, None)
+        return (*grads, None, None)  # none to the labels and the per-token weights
 
     loss.defvjp(value_and_grad, backward)  # the gradients are the residuals
-    return loss(h, w, b, y)
+    return loss(h, w, b, y, sw)
 
 
 def after(tensors):

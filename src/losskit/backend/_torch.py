@@ -133,7 +133,7 @@ def term_gradients(values_fn, variables, constants, values=None):
 _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
-def fused_linear_ce(portable, h, w, b, y, static):
+def fused_linear_ce(portable, h, w, b, y, sw, static):
     """torch eager: the Liger-Kernel schedule as one `torch.autograd.Function`.
 
     Per token chunk: the logits by one matmul into a reused buffer; `exp` and the subtractions
@@ -157,10 +157,10 @@ def fused_linear_ce(portable, h, w, b, y, static):
             or any(t.dtype != h.dtype for t in tensors) or y.dim() != 1):
         return None
     need = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (h, w, b))
-    return _FusedLinearCE.apply(h, w, b, y, static, need)
+    return _FusedLinearCE.apply(h, w, b, y, sw, static, need)
 
 
-def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
+def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size, capped=False):
     """Tokens per chunk: `chunk_size`, or the largest power of two whose logits temporaries
     (float32, plus a bfloat16 copy for bfloat16 inputs) take at most 0.25x the gradients'
     bytes (issue 12's bound: a call needs at most 1.25x the memory of the gradients it returns).
@@ -169,6 +169,8 @@ def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
     if chunk_size:
         return max(1, min(int(chunk_size), n))
     per_token = vocab * (8 if itemsize == 8 else 4 + (itemsize if itemsize < 4 else 0))
+    if capped:  # the capped logits' tanh, kept for the gradient through the cap
+        per_token += vocab * (8 if itemsize == 8 else 4)
     budget = 0.25 * (n + vocab) * hidden_dim * itemsize
     chunk = 1
     while chunk * 2 * per_token <= budget and chunk * 2 <= 4096:
@@ -176,13 +178,15 @@ def _liger_chunk(n, hidden_dim, vocab, itemsize, chunk_size):
     return min(chunk, n)
 
 
-def _liger(h, w, b, y, static, need):
-    """`(sum of the losses x scale, dh, dw, db)` for `scale` = 1 / kept tokens ("mean") or 1.
+def _liger(h, w, b, y, sw, static, need):
+    """`(sum of the losses x sw x scale, dh, dw, db)` for per-token weights `sw` (None: 1) and
+    `scale` = 1 / kept tokens ("mean") or 1.
 
     A chunk's logits are held transposed, `(V, chunk)`: `W @ h_i^T` is the faster matmul on
     CPU (BLAS reads `W` row by row), and `dW += dz^T h_i` then needs no transposed operand.
     """
     rows, ls, zl = static["rows"], static["label_smoothing"], static["z_loss"]
+    cap = static["logit_soft_cap"]
     n, hidden_dim = h.shape
     vocab = w.shape[0] if rows else w.shape[1]
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -193,8 +197,10 @@ def _liger(h, w, b, y, static, need):
     count = valid.sum().to(acc)
     mean = static["reduction"] == "mean"
     scale = 1.0 / torch.clamp(count, min=1.0) if mean else count.new_ones(())
-    chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"])
+    chunk = _liger_chunk(n, hidden_dim, vocab, h.element_size(), static["chunk_size"],
+                         cap is not None)
     buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device)
+    tanh_buffer = torch.empty(vocab * chunk, dtype=acc, device=h.device) if cap else None
     low_buffer = torch.empty(vocab * chunk, dtype=h.dtype, device=h.device) if low else None
     dh = torch.empty_like(h) if need[0] else None
     dw = torch.zeros_like(w) if need[1] else None
@@ -212,6 +218,10 @@ def _liger(h, w, b, y, static, need):
             torch.addmm(b[:, None], w_rows, h_i.t(), out=out)
         if low:
             z.copy_(out)
+        if cap:  # Gemma-2's soft-cap: z = cap tanh(z / cap); tanh kept for the gradient
+            t = tanh_buffer[:vocab * size].view(vocab, size)
+            torch.tanh(z.div_(cap), out=t)
+            z.copy_(t).mul_(cap)
         z_y = z.gather(0, y_i)[0]
         z_sum = z.sum(0) if ls else None  # -inf (masked) columns make it -inf: as the portable
         shift = z.amax(0)
@@ -224,16 +234,20 @@ def _liger(h, w, b, y, static, need):
             loss = loss - (ls / vocab) * z_sum
         if zl:
             loss = loss + zl * lse.square()
-        total += torch.where(valid_i, loss, torch.zeros_like(loss)).sum()
+        g = valid_i.to(acc) * scale
+        if sw is not None:
+            g = g * sw[part].to(acc)
+        total += torch.where(valid_i, loss * g, torch.zeros_like(loss)).sum()
         if not any(need):
             continue
         # z becomes dloss/dz x g: softmax (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V.
-        g = valid_i.to(acc) * scale
         coef = g * (1.0 + 2.0 * zl * lse) if zl else g
         z.mul_(coef / norm)
         z.scatter_add_(0, y_i, (-(1.0 - ls) * g)[None, :])
         if ls:
             z.sub_((ls / vocab) * g)
+        if cap:  # through the cap: times 1 - tanh^2
+            z.mul_(t.square_().neg_().add_(1.0))
         if b is not None and need[2]:
             db += z.sum(1)
         dz = out.copy_(z) if low else z  # (V, chunk)
@@ -246,28 +260,28 @@ def _liger(h, w, b, y, static, need):
                 dw.addmm_(h_i.t(), dz.t())
     if db is not None:
         db = db.to(b.dtype)
-    return total * scale, dh, dw, db
+    return total, dh, dw, db
 
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, b, y, static, need):
-        h_, w_, b_ = (None if t is None else t.detach() for t in (h, w, b))
-        total, *grads = _liger(h_, w_, b_, y, static, need)
+    def forward(ctx, h, w, b, y, sw, static, need):
+        h_, w_, b_, sw_ = (None if t is None else t.detach() for t in (h, w, b, sw))
+        total, *grads = _liger(h_, w_, b_, y, sw_, static, need)
         ctx.grads, ctx.static, ctx.need = grads, static, need
-        ctx.save_for_backward(h, w, b, y)
+        ctx.save_for_backward(h, w, b, y, sw)
         return total
 
     @staticmethod
     def backward(ctx, upstream):
         grads, ctx.grads = ctx.grads, None
         if grads is None:  # a second backward pass (retain_graph): the first one used them
-            h, w, b, y = ctx.saved_tensors
-            grads = _liger(h, w, b, y, ctx.static, ctx.need)[1:]
+            h, w, b, y, sw = ctx.saved_tensors
+            grads = _liger(h, w, b, y, sw, ctx.static, ctx.need)[1:]
         # Handed over, not kept: autograd may adopt them as `.grad` without copying.
         if not bool(upstream == 1):
             grads = [None if g is None else g.mul_(upstream.to(g.dtype)) for g in grads]
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def after(tensors):

@@ -32,6 +32,16 @@ def _token_loss(lse, z_y, z_sum, vocab, z_loss, label_smoothing):
     return loss
 
 
+def _soft_cap(z, cap):
+    """`cap * tanh(z / cap)` (Gemma-2's logit soft-capping); `z` itself when `cap` is None."""
+    return z if cap is None else cap * ops.tanh(z / cap)
+
+
+def _uncap(dz, z_capped, cap):
+    """The gradient w.r.t. the raw logits: `dz * (1 - tanh^2(z / cap))`, from the capped ones."""
+    return dz if cap is None else dz * (1.0 - ops.square(z_capped / cap))
+
+
 def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing, axis=1):
     """`g * dloss/dz = g * (softmax(z) (1 + 2 z_loss lse) - (1 - e) onehot(y) - e / V)` for
     per-token weights `g` (0 for ignored tokens); the vocabulary runs along `axis` of `z`."""
@@ -50,12 +60,14 @@ def _dlogits(z, lse, cols, y, g, vocab, z_loss, label_smoothing, axis=1):
 def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
     """Per-token losses; the gradient recomputes the logits tile by tile (Cut CE): 4 matmuls,
     any upstream gradient, and each vocabulary block's weight gradient summed in float32 over
-    token chunks and written once."""
+    token chunks and written once. The gradient of `hidden` is a running sum over vocabulary
+    blocks in float32 (`N x H`, for 16-bit hidden states an extra buffer of twice their size),
+    written in `hidden`'s dtype at the end."""
     head = fh.Head(w, head_rows)
     n, vocab = ops.shape(h)[0], head.vocab
     chunk, block = fh.tiles(h.shape[0], head.hidden_dim, vocab, chunk_size)
     valid = ops.not_equal(y, opts["ignore_index"])
-    ls, zl = opts["label_smoothing"], opts["z_loss"]
+    ls, zl, cap = opts["label_smoothing"], opts["z_loss"], opts["logit_soft_cap"]
 
     def token_step(t0, keep_t, carry):
         h_i, y_i = fh.rows(h, t0, chunk), fh.rows(y, t0, chunk)
@@ -63,6 +75,7 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
         def vocab_step(v0, keep_v, state):
             lse_state, z_y, z_sum = state
             z, _ = fh.block_logits(h_i, head, b, v0, block, dtype)
+            z = _soft_cap(z, cap)
             lse_state = fh.OnlineLogSumExp.update(lse_state, z, keep_v)
             cols = v0 + ops.arange(block, dtype="int32")
             hit = ops.equal(cols[None, :], y_i[:, None])
@@ -88,32 +101,15 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
 
     def grad_fn(upstream):
         g = ops.where(valid, ops.cast(upstream, dtype) * ops.ones_like(lse), ops.zeros_like(lse))
-        # A 16-bit `hidden` would need a float32 running sum of dh, twice the gradient's size:
-        # its own pass over token chunks (vocabulary blocks inside) completes each chunk's dh
-        # and writes it once, at the cost of one more matmul. Its chunks are smaller: a chunk's
-        # float32 dh and hidden states are its temporaries.
-        dh_apart = fh.accumulation_dtype(h) != keras.backend.standardize_dtype(h.dtype)
-        dh_chunk, dh_block = (chunk, block) if chunk is None else fh.tiles(
-            n, head.hidden_dim, vocab, max(1, chunk // 4))
 
         def tile_dlogits(h_i, t0, keep_t, v0, chunk, block):
             g_i = fh.masked(keep_t, fh.rows(g, t0, chunk), 0)  # repeated tokens add 0
             z, w_j = fh.block_logits(h_i, head, b, v0, block, dtype)
+            z = _soft_cap(z, cap)
             cols = v0 + ops.arange(block, dtype="int32")
             dz = _dlogits(z, fh.rows(lse, t0, chunk), cols, fh.rows(y, t0, chunk), g_i,
                           vocab, zl, ls)
-            return dz, w_j
-
-        def dh_step(t0, keep_t, dh):
-            h_i = fh.rows(h, t0, dh_chunk)
-
-            def vocab_step(v0, keep_v, acc):
-                dz, w_j = tile_dlogits(h_i, t0, None, v0, dh_chunk, dh_block)
-                return acc + head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
-
-            acc = ops.zeros((ops.shape(h_i)[0], head.hidden_dim), dtype)
-            acc = fh.loop_blocks(vocab, dh_block, vocab_step, acc)
-            return fh.put(dh, t0, acc, dh_chunk)
+            return _uncap(dz, z, cap), w_j
 
         def vocab_step(v0, keep_v, carry):
             dh, dw, db = carry
@@ -124,10 +120,9 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
                 dz, w_j = tile_dlogits(h_i, t0, keep_t, v0, chunk, block)
                 gw = gw + head.grad(dz, h_i, dtype)
                 gb = gb + ops.sum(dz, axis=0)
-                if not dh_apart:
-                    # Columns an earlier block covered already added their share to dh.
-                    back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
-                    dh = fh.accumulate(dh, t0, back, chunk)
+                # Columns an earlier block covered already added their share to dh.
+                back = head.back(fh.masked(keep_v, dz, 1), w_j, dtype)
+                dh = fh.accumulate(dh, t0, back, chunk)
                 return dh, gw, gb
 
             gw = ops.zeros((block, head.hidden_dim) if head.rows else (head.hidden_dim, block),
@@ -140,24 +135,23 @@ def _per_token(h, w, b, y, *, head_rows, dtype, opts, chunk_size):
             return dh, dw, db
 
         init = (
-            () if dh_apart else backend.zeros(ops.shape(h), dtype),
+            backend.zeros(ops.shape(h), dtype),
             backend.zeros(ops.shape(w), w.dtype),
             () if b is None else backend.zeros(ops.shape(b), b.dtype),
         )
         dh, dw, db = fh.loop_blocks(vocab, block, vocab_step, init)
-        if dh_apart:
-            with backend.after(dw):  # one pass at a time: each holds its own temporaries
-                dh = fh.loop_blocks(n, dh_chunk, dh_step, backend.zeros(ops.shape(h), h.dtype))
-        return dh, dw, None if b is None else db, None
+        return ops.cast(dh, h.dtype), dw, None if b is None else db, None
 
     return loss, grad_fn
 
 
-def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
-    """Sum of per-token losses times `scale`, with every gradient computed in the same pass while
-    each token chunk's logits exist (Liger): 3 matmuls. The weight gradient is a running sum
-    updated in place one vocabulary block at a time, so no `V x H` temporary exists; used where
-    the inputs are already in the accumulation dtype and the backend updates in place. A chunk's
+def _scalar_in_place(h, w, b, y, sw, scale, *, head_rows, dtype, opts, chunk_size):
+    """Sum of per-token losses times their weights `sw` (None: 1) and `scale`, with every
+    gradient computed in the same pass while each token chunk's logits exist (Liger): 3 matmuls.
+    The weight gradient is a running sum updated in place one vocabulary block at a time, so no
+    `V x H` temporary exists; used where the weight (and bias) are already in the accumulation
+    dtype and the backend updates in place. 16-bit hidden states (Keras mixed precision: a
+    float32 kernel) get their gradient through a float32 `N x H` buffer, cast once. A chunk's
     logits lie as the projection does, vocabulary on `head.axis`: `(V, chunk)` for a `(V, H)`
     weight, whose three products then read it row by row (2-4x faster on XLA:CPU than
     `(chunk, V)`, with no packed copy of the weight)."""
@@ -166,6 +160,7 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
     chunk = fh.token_chunk(n, hdim, vocab, chunk_size)
     block = min(vocab, fh.VOCAB_BLOCK_OVERRIDE or max(fh.tiles(n, hdim, vocab)[1], 4 * chunk))
     ls, zl, ignore = opts["label_smoothing"], opts["z_loss"], opts["ignore_index"]
+    cap = opts["logit_soft_cap"]
     cols = ops.arange(vocab, dtype="int32")
     vax = head.axis
 
@@ -174,7 +169,10 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         start = fh.block_start(i, chunk, n)
         h_i, y_i = backend.take(h, start, chunk), backend.take(y, start, chunk)
         valid = ops.logical_and(fh.fresh(i, start, chunk), ops.not_equal(y_i, ignore))
-        z = head.chunk_logits(h_i, b, dtype)
+        weight = scale * ops.ones_like(y_i, dtype)
+        if sw is not None:
+            weight = weight * backend.take(sw, start, chunk)
+        z = _soft_cap(head.chunk_logits(h_i, b, dtype), cap)
         lse = ops.logsumexp(z, axis=vax)
         # A gather, not a masked sum: XLA:CPU materialises the input of a reduction (one more
         # chunk of logits). Ignored labels read class 0 and are masked below.
@@ -182,9 +180,9 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
         z_y = ops.squeeze(ops.take_along_axis(z, y_c, axis=vax), vax)
         z_sum = ops.sum(z, axis=vax) if ls else None
         loss = _token_loss(lse, z_y, z_sum, vocab, zl, ls)
-        total = total + ops.sum(ops.where(valid, loss, ops.zeros_like(loss)))
-        g = ops.where(valid, scale * ops.ones_like(lse), ops.zeros_like(lse))
-        dz = _dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax)
+        g = ops.where(valid, weight, ops.zeros_like(lse))
+        total = total + ops.sum(ops.where(valid, loss * g, ops.zeros_like(loss)))
+        dz = _uncap(_dlogits(z, lse, cols, y_i, g, vocab, zl, ls, axis=vax), z, cap)
         dh = backend.add_rows(dh, start, head.chunk_back(dz, dtype))
         if b is not None:
             db = db + ops.sum(dz, axis=1 - vax)
@@ -196,18 +194,20 @@ def _scalar_in_place(h, w, b, y, scale, *, head_rows, dtype, opts, chunk_size):
 
     init = (
         ops.zeros((), dtype),
-        backend.zeros(ops.shape(h), h.dtype),
+        backend.zeros(ops.shape(h), dtype),
         backend.zeros(ops.shape(w), w.dtype),
         () if b is None else backend.zeros(ops.shape(b), b.dtype),
     )
     total, dh, dw, db = backend.sequential_fori_loop(fh.num_blocks(n, chunk), step, init)
+    if keras.backend.standardize_dtype(h.dtype) != dtype:
+        dh = ops.cast(dh, h.dtype)
 
     def grad_fn(upstream):
         # The gradients are not reused: scaling them in place saves a copy of each (torch).
         grads = [backend.scale(g, upstream) for g in (dh, dw)]
         return grads[0], grads[1], None if b is None else backend.scale(db, upstream), None
 
-    return total * scale, grad_fn
+    return total, grad_fn
 
 
 @register(precision="input", domains=dict(
@@ -226,6 +226,8 @@ def fused_linear_cross_entropy(
     z_loss=0.0,
     label_smoothing=0.0,
     reduction="mean",
+    logit_soft_cap=None,
+    sample_weight=None,
 ):
     """Cross-entropy of a linear head, `CE(hidden @ weight.T + bias, labels)`, without logits.
 
@@ -236,24 +238,36 @@ def fused_linear_cross_entropy(
              = lse - (1 - e) z_y - (e / V) sum_j z_j + z_loss * lse^2
 
     i.e. `keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)` with
-    Keras's label smoothing plus PaLM's auxiliary z-loss (Chowdhery et al. 2022). Tokens labelled
+    Keras's label smoothing plus PaLM's auxiliary z-loss (Chowdhery et al. 2022). With
+    `logit_soft_cap=c`, every logit is first capped as Gemma-2's head does (Gemma Team 2024),
+
+        z = c * tanh((h W^T + b) / c),
+
+    and the loss above is that of the capped logits (a `-inf` bias then gives the finite logit
+    `-c`, as it does in the naive capped head). Tokens labelled
     `ignore_index` contribute 0 and are left out of the mean. A `-inf` bias masks vocabulary
     columns (finite loss and gradients; a `-inf` target logit gives `+inf`).
 
     The `N x V` logits are never materialised, and the gradient is written by hand:
 
-    - `reduction="mean"`/`"sum"` with float32 (or float64) inputs, on JAX, torch and TensorFlow
-      under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's gradients
-      are computed while its logits exist, so the backward pass only scales them (Liger-Kernel):
-      three matmuls, as many as the naive computation; the weight gradient is a running sum
-      updated in place.
-    - otherwise (`reduction="none"`, 16-bit inputs, TensorFlow outside XLA): the forward pass
+    - `reduction="mean"`/`"sum"` with a float32 (or float64) weight and bias, on JAX, torch and
+      TensorFlow under XLA (`jit_compile=True`): tokens are processed in chunks and each chunk's
+      gradients are computed while its logits exist, so the backward pass only scales them
+      (Liger-Kernel): three matmuls, as many as the naive computation; the weight gradient is a
+      running sum updated in place in its own float32 buffer. 16-bit hidden states (Keras mixed
+      precision: a float32 kernel) are allowed; their gradient goes through a float32 `N x H`
+      buffer. As a `Term`, the Objective hands the function each token's weight over the
+      global normaliser (`sample_weight`, `reduction="sum"`), so a Term takes this path too.
+    - otherwise (`reduction="none"`, 16-bit weights, TensorFlow outside XLA): the forward pass
       computes each token's log-sum-exp over vocabulary blocks (online), and the backward pass
       recomputes the logits one vocabulary block at a time, token chunk by token chunk (Cut
       Cross-Entropy): four matmuls, but every block's weight gradient is complete when computed,
       so it is accumulated in float32 and written once in the weight's dtype, and the upstream
-      gradient may weight tokens freely. The gradient of 16-bit hidden states gets a pass of its
-      own over token chunks (a fifth matmul), so that no float32 `N x H` running sum exists.
+      gradient may weight tokens freely. The gradient of `hidden` is a float32 `N x H` running
+      sum over vocabulary blocks.
+
+    Extra memory beyond the gradients: one tile of logits (a token chunk's, or a chunk x block
+    tile's) and, for 16-bit hidden states, the float32 `N x H` sum of their gradient.
 
     Backend fast paths (`backend.fused_linear_ce`), for `reduction="mean"`/`"sum"` only; every
     other call, and every call inside `losskit.gradients.plain_autodiff()`, takes the portable
@@ -284,6 +298,13 @@ def fused_linear_cross_entropy(
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
         reduction: `"mean"` over non-ignored tokens (0 if there are none), `"sum"`, or `"none"`
             for per-token losses of shape `labels.shape` (0 for ignored tokens).
+        logit_soft_cap: None, or `c > 0`: the logits are `c * tanh(z / c)` (Gemma-2's
+            `final_logit_soft_cap`, e.g. 30.0).
+        sample_weight: optional per-token weights `w` of shape `labels.shape`: `"sum"` gives
+            `sum w_i loss_i`, `"mean"` that divided by the kept tokens (Keras's rule), `"none"`
+            `w_i loss_i`. No gradient flows to them. An `Objective` passes each token's weight
+            divided by the global normaliser here, with `reduction="sum"`, so that a `Term`'s
+            value is a scalar whose backward pass only scales (the in-place schedule).
 
     Returns:
         A scalar, or per-token losses, in float32 (float64 for float64 inputs).
@@ -291,27 +312,34 @@ def fused_linear_cross_entropy(
     References:
         Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", arXiv:2411.09009.
         Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", arXiv:2410.10989.
+        Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size",
+        arXiv:2408.00118 (logit soft-capping).
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{_NAME}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    logit_soft_cap = _check_soft_cap(logit_soft_cap)
     hidden, head, bias, labels = fh.check_head(_NAME, hidden, weight, kernel, bias, labels)
     # Eager: out-of-range labels raise here; traced: their tokens' losses become NaN below.
     invalid = _contract.invalid_labels(_NAME, labels, head.vocab, ignore_index)
     h = ops.reshape(hidden, (-1, head.hidden_dim))
     y = ops.reshape(labels, (-1,))
-    # 16-bit inputs would need a float32 copy of the weight gradient as running sum.
-    same_dtype = all(t is None or t.dtype == h.dtype for t in (head.matrix, bias))
-    in_place = (reduction != "none" and same_dtype and "float16" not in str(h.dtype)
-                and backend.updates_in_place() and bool(h.shape[0]))
+    sw = None if sample_weight is None else _flat_weights(sample_weight, labels)
+    # A 16-bit weight would need a float32 copy of its gradient as running sum; 16-bit hidden
+    # states (mixed precision) need only a float32 `N x H` one.
+    acc = fh.accumulation_dtype(h, head.matrix, bias)
+    weight_in_acc = all(t is None or keras.backend.standardize_dtype(t.dtype) == acc
+                        for t in (head.matrix, bias))
+    in_place = (reduction != "none" and weight_in_acc and backend.updates_in_place()
+                and bool(h.shape[0]))
     # Everything that shapes the computation; hashable, so a backend may cache a compiled form.
     static = dict(rows=head.rows, reduction=reduction, chunk_size=chunk_size, in_place=in_place,
                   vocab_block=fh.VOCAB_BLOCK_OVERRIDE, ignore_index=ignore_index, z_loss=z_loss,
-                  label_smoothing=label_smoothing)
+                  label_smoothing=label_smoothing, logit_soft_cap=logit_soft_cap)
     loss = None
     if not in_plain_autodiff():  # the check differentiates the portable forward pass
-        loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, static)
+        loss = backend.fused_linear_ce(_portable, h, head.matrix, bias, y, sw, static)
     if loss is None:
-        loss = _portable(h, head.matrix, bias, y, **static)
+        loss = _portable(h, head.matrix, bias, y, sw, **static)
     if reduction == "none":
         # The kept tokens, as sparse_categorical_crossentropy marks them: an Objective (or a
         # Keras reduction) leaves ignored tokens out of the denominator.
@@ -320,24 +348,47 @@ def fused_linear_cross_entropy(
     return _contract.nan_if_any(invalid, loss)
 
 
-def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
-              z_loss, label_smoothing):
+def _flat_weights(sample_weight, labels):
+    sw = ops.convert_to_tensor(sample_weight)
+    if "float" not in keras.backend.standardize_dtype(sw.dtype):
+        raise TypeError(f"{_NAME}: sample_weight must be a floating tensor, got dtype {sw.dtype}.")
+    if None not in labels.shape and tuple(sw.shape) != tuple(labels.shape):
+        raise ValueError(f"{_NAME}: sample_weight must have the labels' shape "
+                         f"{tuple(labels.shape)} (one weight per token), got {tuple(sw.shape)}.")
+    return ops.reshape(sw, (-1,))
+
+
+def _check_soft_cap(cap):
+    if cap is None:
+        return None
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+        raise ValueError(f"{_NAME}: logit_soft_cap must be None or a number > 0, got {cap!r}")
+    return float(cap)
+
+
+def _portable(h, w, b, y, sw, *, rows, reduction, chunk_size, in_place, vocab_block, ignore_index,
+              z_loss, label_smoothing, logit_soft_cap):
     """The `keras.ops` computation: the scalar loss, or flat per-token losses for "none"."""
     del vocab_block  # read from fh.VOCAB_BLOCK_OVERRIDE; in `static` to key compiled caches
     dtype = fh.accumulation_dtype(h, w, b)
-    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing)
+    opts = dict(ignore_index=ignore_index, z_loss=z_loss, label_smoothing=label_smoothing,
+                logit_soft_cap=logit_soft_cap)
+    if sw is not None:
+        sw = ops.cast(sw, dtype)
     if in_place:
 
         @custom_gradient
-        def fused(h, w, b, y):
+        def fused(h, w, b, y, sw):
             # Computed here, not closed over: JAX forbids closing over values traced by a jit.
             count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
             scale = 1.0 / ops.maximum(count, 1.0) if reduction == "mean" else 1.0
-            return _scalar_in_place(
-                h, w, b, y, scale, head_rows=rows, dtype=dtype, opts=opts, chunk_size=chunk_size,
+            value, grad_fn = _scalar_in_place(
+                h, w, b, y, sw, scale, head_rows=rows, dtype=dtype, opts=opts,
+                chunk_size=chunk_size,
             )
+            return value, lambda upstream: (*grad_fn(upstream), None)  # none to the weights
 
-        return fused(h, w, b, y)
+        return fused(h, w, b, y, sw)
 
     @custom_gradient
     def per_token(h, w, b, y):
@@ -345,6 +396,8 @@ def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block,
                           chunk_size=chunk_size)
 
     losses = per_token(h, w, b, y)
+    if sw is not None:
+        losses = losses * ops.stop_gradient(sw)
     if reduction == "none":
         return losses
     total = ops.sum(losses)
@@ -353,6 +406,15 @@ def _portable(h, w, b, y, *, rows, reduction, chunk_size, in_place, vocab_block,
     count = ops.sum(ops.cast(ops.not_equal(y, ignore_index), dtype))
     return total / ops.maximum(count, 1.0)
 
+
+def _kept_positions(labels, ignore_index=-100, **_):
+    """The tokens a Term of `fused_linear_cross_entropy` keeps (the mask of its per-token
+    values): an Objective weights them and hands the weights back (`sample_weight`)."""
+    return ops.not_equal(ops.convert_to_tensor(labels), ignore_index)
+
+
+# The protocol of functions that reduce themselves in a Term (see `Term.reduces_itself`).
+fused_linear_cross_entropy.kept_positions = _kept_positions
 
 # No Loss class: its inputs are not (y_true, y_pred); use it in a Term or a train step.
 FUNCTIONS, CLASSES = family(__name__)
