@@ -32,6 +32,14 @@ def _target(fn):
 def _check_weight(name, weight):
     if callable(weight):
         return weight
+    if isinstance(weight, str):
+        # `weight` is the term's loss weight; a string here is a source meant for a function
+        # parameter that happens to be named `weight` (a fused head's kernel).
+        raise TypeError(
+            f"Term '{name}': weight= is the term's loss weight (a number or a schedule), got "
+            f"the string {weight!r}. To route a loss parameter named 'weight', did you mean "
+            f"inputs={{'weight': {weight!r}}}?"
+        )
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise TypeError(
             f"Term '{name}': weight must be a number or a losskit.schedules schedule, "
