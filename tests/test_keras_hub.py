@@ -98,6 +98,27 @@ def test_training_steps_equal_the_naive_head(name):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_keras_hubs_own_compile_divides_by_every_position():
+    """The two normalisations, measured on the installed keras-hub: its default `compile()` loss
+    with the preprocessor's padding mask as sample weight is the kept tokens' sum over B * T;
+    the fused model's is their mean."""
+    keras.utils.set_random_seed(4)
+    causal_lm = gemma(1000)
+    x, labels = batch(1000)
+    logits = keras.ops.convert_to_numpy(causal_lm(x))
+    kept = labels != -100
+    y = np.where(kept, labels, 0)  # keras-hub's preprocessor: next tokens, padding as 0
+    own = causal_lm.evaluate(x, y, sample_weight=kept.astype("int32"), batch_size=2 * B,
+                             verbose=0, return_dict=True)["loss"]  # fmt: skip
+    fused = fused_causal_lm(causal_lm)
+    fused.compile(optimizer="sgd")
+    mean = fused.evaluate(x, labels, batch_size=2 * B, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(mean, np_token_ce(logits, labels), rtol=1e-5)
+    np.testing.assert_allclose(own, np_token_ce(logits, labels) * kept.sum() / kept.size,
+                               rtol=1e-5)  # fmt: skip
+    assert kept.sum() < kept.size
+
+
 def test_head_is_read_from_the_model():
     causal_lm = gemma(1000, cap=30.0)
     tied = fused_causal_lm(causal_lm).objective.terms[0]
@@ -173,11 +194,11 @@ def test_traced_train_step_has_no_tensor_of_the_logits_shape():
 def test_saves_loads_and_resumes(tmp_path):
     def fresh():
         keras.utils.set_random_seed(3)
-        model = fused_causal_lm(gemma(256000, cap=30.0))
+        model = fused_causal_lm(gemma(32000, cap=30.0))
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
         return model
 
-    x, labels = batch(256000)
+    x, labels = batch(32000)
     straight = fresh()
     straight.fit(x, labels, batch_size=B, epochs=2, shuffle=False, verbose=0)
     first = fresh()

@@ -99,7 +99,7 @@ def fused_causal_lm(causal_lm, *, ignore_index=-100, z_loss=0.0, label_smoothing
 
 
 def _head(causal_lm):
-    """`(backbone, head)` of a causal LM whose output is exactly `head(backbone(x), reverse=True)`."""
+    """`(backbone, head)` of a causal LM whose output is `head(backbone(x), reverse=True)`."""
     if not isinstance(causal_lm, keras_hub.models.CausalLM):
         raise TypeError(
             f"{_NAME}: expected a keras_hub.models.CausalLM, got {type(causal_lm).__name__}."
