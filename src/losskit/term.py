@@ -32,18 +32,15 @@ def _target(fn):
 def _check_weight(name, weight):
     if callable(weight):
         return weight
-    if isinstance(weight, str):
-        # `weight` is the term's loss weight; a string here is a source meant for a function
-        # parameter that happens to be named `weight` (a fused head's kernel).
-        raise TypeError(
-            f"Term '{name}': weight= is the term's loss weight (a number or a schedule), got "
-            f"the string {weight!r}. To route a loss parameter named 'weight', did you mean "
-            f"inputs={{'weight': {weight!r}}}?"
-        )
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        hint = ""
+        if isinstance(weight, str) and sources.parse(weight) is not None:
+            # A source meant for a loss parameter named `weight` (a fused head's projection).
+            hint = (f" weight= is the term's loss weight; to route the loss's parameter "
+                    f"'weight', did you mean inputs={{'weight': {weight!r}}}?")
         raise TypeError(
             f"Term '{name}': weight must be a number or a losskit.schedules schedule, "
-            f"got {weight!r}"
+            f"got {weight!r}.{hint}"
         )
     return float(weight)
 
