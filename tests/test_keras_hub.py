@@ -94,8 +94,10 @@ def test_training_steps_equal_the_naive_head(name):
     fused_lm, fused_loss = train(fused_causal_lm)
     naive_lm, naive_loss = train(naive)
     np.testing.assert_allclose(fused_loss, naive_loss, rtol=1e-5)
+    # float32 sums in another order (the fused head's hidden-state gradient), through two steps
+    # of SGD(1.0): updates ~1e-2, differences up to ~4e-6.
     for a, b in zip(fused_lm.get_weights(), naive_lm.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_keras_hubs_own_compile_divides_by_every_position():
