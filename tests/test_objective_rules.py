@@ -123,6 +123,11 @@ def test_error_inside_a_term_names_the_term():
 def test_weight_must_be_a_number_or_schedule():
     with pytest.raises(TypeError, match="Term 'mse': weight must be a number"):
         Term(losskit.losses.mse, weight="0.5")
+    # A source string where the loss's own `weight` parameter was meant: the message says how.
+    hint = r"did you mean inputs=\{'weight': 'var.embed.embeddings'\}"
+    with pytest.raises(TypeError, match=hint):
+        Term(losskit.losses.fused_linear_cross_entropy, hidden="layer.h", labels="y",
+             weight="var.embed.embeddings")
 
 
 # ----- models: mixed precision, logged weights, empty inputs --------------------------------------

@@ -1,6 +1,7 @@
 """The core installs beside any one backend: its wheel requires keras and numpy only, and the
 library imports and runs with the other two backends (and the recipes' packages) unimportable."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from conftest import BACKEND, only_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-APP_ONLY = ("sklearn", "matplotlib", "mlxtend")  # scipy: jax needs it itself
+APP_ONLY = ("sklearn", "matplotlib", "mlxtend", "keras_hub")  # scipy: jax needs it itself
 
 
 @only_backend("tensorflow")  # one build is enough; the wheel does not depend on the backend
@@ -32,7 +33,7 @@ def test_wheel_requires_keras_and_numpy_only(tmp_path):
     assert core == ["keras", "numpy"], requires
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines()
               if line.startswith("Provides-Extra:")}  # fmt: skip
-    assert {"tensorflow", "jax", "torch", "recipes", "dev"} <= extras
+    assert {"tensorflow", "jax", "torch", "recipes", "dev", "keras-hub"} <= extras
 
 
 BLOCKER = """
@@ -40,7 +41,7 @@ import sys
 BLOCKED = set(sys.argv[1].split(","))
 for name in BLOCKED:  # as if not installed: import raises, importlib.util.find_spec gives None
     sys.modules[name] = None
-import numpy as np, keras, losskit
+import numpy as np, keras, losskit, losskit.integrations
 from keras import ops
 x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
 y = (x[:, :1] > 0).astype("float32")
@@ -83,3 +84,15 @@ def test_the_core_never_imports_the_app(module):
         assert "losskit.recipes" not in path.read_text(), path
         assert "from losskit import recipes" not in path.read_text(), path
     assert module.startswith("losskit.recipes")
+
+
+def test_the_core_never_imports_keras_hub(monkeypatch):
+    integration = ROOT / "src" / "losskit" / "integrations" / "keras_hub.py"
+    for path in (ROOT / "src" / "losskit").rglob("*.py"):
+        if path != integration:
+            assert "import keras_hub" not in path.read_text(), path
+    # Without keras-hub, the integration says which extra to install.
+    monkeypatch.setitem(sys.modules, "keras_hub", None)
+    monkeypatch.delitem(sys.modules, "losskit.integrations.keras_hub", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'losskit\[keras-hub\]'"):
+        importlib.import_module("losskit.integrations.keras_hub")

@@ -63,9 +63,14 @@ def _check_weight(name, weight):
     if callable(weight):
         return weight
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        hint = ""
+        if isinstance(weight, str) and sources.parse(weight) is not None:
+            # A source meant for a loss parameter named `weight` (a fused head's projection).
+            hint = (f" weight= is the term's loss weight; to route the loss's parameter "
+                    f"'weight', did you mean inputs={{'weight': {weight!r}}}?")
         raise TypeError(
             f"Term '{name}': weight must be a number or a losskit.schedules schedule, "
-            f"got {weight!r}"
+            f"got {weight!r}.{hint}"
         )
     # The same check as a loss parameter's: a NaN or infinite weight poisons every step.
     domains.finite.validate(f"Term '{name}'", "weight", weight)
