@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from losskit.balancing import MGDA, AlignedMTL, CAGrad, DualProj, IMTLG, UPGrad
+from losskit.balancing import IMTLG, MGDA, AlignedMTL, CAGrad, DualProj, UPGrad
 
 torch = pytest.importorskip("torch", reason="TorchJD parity needs torch (the torch extra)")
 aggregation = pytest.importorskip(
