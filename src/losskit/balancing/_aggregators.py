@@ -177,7 +177,7 @@ class CAGrad(_Aggregator):
     and `d = J^T weights = g_0 + r g_w / |g_w|` (TorchJD's `CAGrad(c, norm_eps=1e-4)`, which
     solves the dual with cvxpy). Here: `sqrt(q) = min_{s > 0} q/(2s) + s/2` turns the dual into
     `min_s h(s)`, `h(s) = min_w b^T w + r (w^T G' w / (2s) + s/2)`, convex in `s`, whose inner
-    problem is a simplex QP solved exactly; `s* = |g_w(s*)|` (where `h'(s) = 0`) is found by 40
+    problem is a simplex QP solved exactly; `s* = |g_w(s*)|` (where `h'(s) = 0`) is found by 30
     bisection steps on the sign of `s^2 - w(s)^T G' w(s)`.
 
     Args:
@@ -186,7 +186,7 @@ class CAGrad(_Aggregator):
         norm_eps: TorchJD's default.
     """
 
-    _STEPS = 40
+    _STEPS = 30
 
     def __init__(self, c=0.4, norm_eps=1e-4):
         self.c = _number("CAGrad", "c", c, 0.0)
