@@ -8,11 +8,11 @@ Why enumeration: a convex QP's solution satisfies the linear KKT equations of it
 solving those equations for every active set and keeping the feasible candidate of least
 objective is exact up to rounding (one step of iterative refinement, `x += P (b - K x)`, takes
 the float32 error of an ill-conditioned system, e.g. UPGrad's `G + 1e-4 I` for equal gradients,
-from ~1e-5 to ~1e-8 of the gradients' norm) (no iteration count or tolerance to tune). Every equation
-system here is symmetric; it is solved through `eigh` (a pseudo-inverse), which, unlike an LU
-solve, neither fails on a singular system (a zero gradient, two equal gradients) nor differs
-between backends in how it fails: a candidate from a singular system is simply infeasible or no
-better than the solution.
+from ~1e-5 to ~1e-8 of the gradients' norm); no iteration count or tolerance to tune. Every
+equation system here is symmetric; it is solved through `eigh` (a pseudo-inverse), which,
+unlike an LU solve, neither fails on a singular system (a zero gradient, two equal gradients)
+nor differs between backends in how it fails: a candidate from a singular system is simply
+infeasible or no better than the solution.
 """
 
 import itertools
