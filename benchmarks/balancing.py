@@ -8,7 +8,11 @@ of `--steps` steps each) under:
 - `log_grad_norms`: the same with `log_grad_norms=True` (per-term gradients, all weights);
 - `uncertainty`, `dwa`: `Uncertainty()`, `DWA()` (a few scalar operations);
 - `pcgrad`: `PCGrad()` (per-term gradients w.r.t. every weight, projections);
-- `gradnorm`: `GradNorm(shared="hidden")` (per-term gradients w.r.t. one layer).
+- `gradnorm`: `GradNorm(shared="hidden")` (per-term gradients w.r.t. one layer);
+- `famo`, `rlw`: `FAMO()`, `RLW()` (a few scalar operations; no per-term gradients);
+- `gradnormscale`: `GradNormScale()` (per-term gradients w.r.t. every weight, their norms);
+- `upgrad`, `dualproj`, `mgda`, `cagrad`, `imtlg`, `alignedmtl`: the gradient aggregators
+  (per-term gradients w.r.t. every weight, the Jacobian's 3 x 3 Gramian, its small problem).
 
 Reported: seconds per step and the ratio to the baseline, measured in the same process.
 
@@ -57,6 +61,16 @@ def child(args):
         "dwa": {"balance": balancing.DWA()},
         "pcgrad": {"balance": balancing.PCGrad()},
         "gradnorm": {"balance": balancing.GradNorm(shared="hidden")},
+        "famo": {"balance": balancing.FAMO()},
+        "rlw": {"balance": balancing.RLW()},
+        "gradnormscale": {"balance": balancing.GradNormScale()},
+        **{
+            cls.__name__.lower(): {"balance": cls()}
+            for cls in (
+                balancing.UPGrad, balancing.DualProj, balancing.MGDA, balancing.CAGrad,
+                balancing.IMTLG, balancing.AlignedMTL,
+            )
+        },
     }
     thunks = {}
     for name, kwargs in setups.items():

@@ -76,13 +76,15 @@ def test_quick_run_reports_finite_json_ready_metrics_for_every_arm(result):
     n = len(res["seeds"])
     for arm in recipe.ARMS:
         m = res["metrics"][arm]
-        for metric in ("accuracy", "recon", "kl", "step_ms"):
+        for metric in ("accuracy", "recon", "kl", "step_ms", "step_ratio"):
             values = m[metric]["values"]
             assert len(values) == n and all(v is not None and np.isfinite(v) for v in values)
         assert all(0.1 < v <= 1 for v in m["accuracy"]["values"])  # above chance (10 classes)
         assert all(0 < v < 64 * np.log(2) * 1.2 for v in m["recon"]["values"])  # 64 pixels
         assert all(v >= 0 for v in m["kl"]["values"])
         assert all(v > 0 for v in m["step_ms"]["values"])
+        assert all(v > 0 for v in m["step_ratio"]["values"])
+    np.testing.assert_allclose(res["metrics"]["equal"]["step_ratio"]["values"], 1.0)
     json.dumps(res["metrics"], allow_nan=False)
     json.dumps(res["history"], allow_nan=False)
 
@@ -104,8 +106,9 @@ def test_history_logs_every_term_and_its_weight(result):
     dwa = np.asarray([res["history"]["dwa"][f"{t}_weight"]["mean"] for t in recipe.TERMS])
     np.testing.assert_allclose(dwa[:, :2], 1.0)
     assert np.max(np.abs(dwa[:, 2] - 1.0)) > 1e-3
-    # GradNorm and Uncertainty move their weights from the initial 1 within the first epoch.
-    for arm in ("gradnorm", "uncertainty"):
+    # GradNorm, Uncertainty, FAMO and GradNormScale move their weights from the initial 1 within
+    # the first epoch; RLW draws new ones every step.
+    for arm in ("gradnorm", "uncertainty", "famo", "gradnormscale", "rlw"):
         first = [res["history"][arm][f"{t}_weight"]["mean"][0] for t in recipe.TERMS]
         assert np.max(np.abs(np.subtract(first, 1.0))) > 1e-3, arm
 
@@ -113,8 +116,8 @@ def test_history_logs_every_term_and_its_weight(result):
 def test_checks_pass(result):
     _, res = result
     assert set(res["checks"]) == {"every_arm_finite", "dwa_weights_sum_to_3",
-                                  "gradnorm_weights_sum_to_3", "equal_loss_is_weighted_sum",
-                                  "hand_tuned_loss_is_weighted_sum"}
+                                  "gradnorm_weights_sum_to_3", "rlw_weights_sum_to_3",
+                                  "equal_loss_is_weighted_sum", "hand_tuned_loss_is_weighted_sum"}
     for name, check in res["checks"].items():
         assert check["ok"] is True, (name, check)
 

@@ -149,3 +149,63 @@ class GradNorm(Balancer):
 
     def get_config(self):
         return {"alpha": self.alpha, "shared": self.shared, "learning_rate": self.learning_rate}
+
+
+@_register
+class GradNormScale(Balancer):
+    """Gradient-norm scaling: every term's gradient rescaled to the terms' mean gradient norm,
+    the cheap strong baseline of recent comparisons (e.g. Kurin et al., "In Defense of the
+    Unitary Scalarization for Deep Multi-Task Learning", NeurIPS 2022; Xin et al., "Do Current
+    Multi-Task Optimization Methods in Deep Learning Even Help?", NeurIPS 2022). With `g_t` the
+    gradient of the unweighted global term `L_t` w.r.t. `W` (all trainable weights of the inner
+    model, or those of layer `shared`), concatenated,
+
+        b_t = sg( mean_k |g_k| / |g_t| )      (0 where |g_t| = 0),
+
+    so each term's gradient `b_t grad_W L_t` has norm `mean_k |g_k|`, and the update is
+    `sum_t c_t b_t grad L_t` (`c_t` the schedule weight, which still scales its term). Unlike
+    `GradNorm` there is no state and no target rate: the weights are recomputed each step.
+    Evaluation uses weights 1.
+
+    Cost: per-term gradients w.r.t. `W` (a second forward pass and one backward pass per term on
+    TF and JAX; per-term backward passes on torch).
+
+    Args:
+        shared: None (every trainable weight of the inner model) or the name of the inner model's
+            layer whose weights the norms are measured on (cheaper; e.g. the last shared layer).
+    """
+
+    def __init__(self, shared=None):
+        if shared is not None and not isinstance(shared, str):
+            raise TypeError(f"GradNormScale: shared must be None or a layer name, got {shared!r}")
+        self.shared = shared
+
+    def bind(self, model):
+        if self.shared is None:
+            self._layer = None
+            return
+        try:
+            self._layer = model.inner.get_layer(self.shared)
+        except ValueError:
+            raise ValueError(
+                f"GradNormScale: shared={self.shared!r} names no layer of {model.inner.name}"
+            ) from None
+        if not self._layer.trainable_weights:
+            raise ValueError(f"GradNormScale: layer {self.shared!r} has no trainable weights")
+
+    def apply(self, step):
+        layer = self._layer
+        variables = step.model.inner.trainable_variables if layer is None else (
+            layer.trainable_weights
+        )
+        if not step.training or not variables:
+            weights = {n: ops.ones(()) for n in step.names}
+            return step.weighted_total(weights), weights
+        grads = step.gradients(variables)
+        norms = ops.stack([_norm(grads[n]) for n in step.names])
+        b = ops.stop_gradient(ops.divide_no_nan(ops.mean(norms), norms))
+        weights = {n: b[i] for i, n in enumerate(step.names)}
+        return step.weighted_total(weights), weights
+
+    def get_config(self):
+        return {"shared": self.shared}

@@ -113,3 +113,139 @@ class DWA(Balancer):
 
     def get_config(self):
         return {"temperature": self.temperature}
+
+
+@_register
+class FAMO(Balancer):
+    """Fast Adaptive Multitask Optimization (Liu, Liu, Stone & Liu, "FAMO: Fast Adaptive
+    Multitask Optimization", NeurIPS 2023), with one forward and one backward pass per step.
+
+    Logits `xi` (init 0, non-trainable model variables), `z = softmax(xi)`. The network follows
+    the gradient of `sum_t z_t log D_t / sg(C)`, `D_t = L_t + 1e-8`, `C = sum_t z_t / D_t`, i.e.
+    the term weights
+
+        b_t = z_t / (C D_t)        (so the update is `sum_t c_t b_t grad L_t`),
+
+    which decrease every term's log-loss at the same rate to first order. The logits follow the
+    change of the log-losses: at each training step after the first, with the previous step's
+    `D'`,
+
+        delta = log D' - log D,       grad_xi = (diag(z) - z z^T) delta   (= J_softmax^T delta),
+
+    and `xi` takes one Adam step on `grad_xi + gamma xi` (L2 decay; betas 0.9, 0.999, eps 1e-8)
+    with step size `learning_rate`, before this step's `z` is formed. This is the authors' code
+    (`w_opt = Adam([w], lr=w_lr, weight_decay=gamma)`; its paper's Algorithm 1 writes a plain
+    gradient step), except that the loss change is measured between consecutive steps' batches
+    (as LibMTL does) instead of by a second forward pass on the same batch after the update.
+    `L_t` are the unweighted global term values, which must be >= 0 (the paper's `min_losses` is
+    0); `c_t` the schedule weight. Evaluation uses the current logits and leaves them unchanged.
+
+    Args:
+        learning_rate: Adam's step size for the logits (`> 0`; the authors' default 0.025).
+        gamma: the logits' L2 decay (`>= 0`; the authors use 0.001 to 0.01).
+    """
+
+    def __init__(self, learning_rate=0.025, gamma=0.001):
+        self.learning_rate = _number("FAMO", "learning_rate", learning_rate, 0.0, strict=True)
+        self.gamma = _number("FAMO", "gamma", gamma, 0.0)
+
+    def bind(self, model):
+        k = len(model.objective.terms)
+        self.logits = _state(model, "famo_logits", (k,))
+        self.previous = _state(model, "famo_previous_log_losses", (k,))
+        self.moments = _state(model, "famo_adam_moments", (2, k))
+        self.updates = _state(model, "famo_updates", (), dtype="int32")
+        self.started = _state(model, "famo_started", (), dtype="int32")
+
+    def apply(self, step):
+        xi = ops.copy(ops.cast(self.logits.value, "float32"))
+        losses = ops.stack([step.global_values[n] for n in step.names])
+        log_d = ops.log(losses + 1e-8)
+        if step.training:
+            z = ops.softmax(xi)
+            delta = ops.cast(self.previous.value, "float32") - log_d
+            grad = z * (delta - ops.sum(z * delta)) + self.gamma * xi
+            moments = ops.cast(self.moments.value, "float32")
+            first = 0.9 * moments[0] + 0.1 * grad
+            second = 0.999 * moments[1] + 0.001 * grad**2
+            t = ops.cast(self.updates.value + 1, "float32")
+            stepped = xi - self.learning_rate * (first / (1 - 0.9**t)) / (
+                ops.sqrt(second / (1 - 0.999**t)) + 1e-8
+            )
+            started = self.started.value > 0
+            xi = ops.where(started, stepped, xi)
+            self.logits.assign(xi)
+            self.moments.assign(ops.where(started, ops.stack([first, second]), moments))
+            self.updates.assign(self.updates.value + ops.cast(started, "int32"))
+            self.previous.assign(log_d)
+            self.started.assign(ops.ones((), "int32"))
+        z = ops.softmax(xi)
+        d = ops.exp(log_d)
+        b = ops.stop_gradient(z / (ops.sum(z / d) * d))
+        weights = {n: b[i] for i, n in enumerate(step.names)}
+        return step.weighted_total(weights), weights
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "gamma": self.gamma}
+
+
+class _StateSeed(keras.random.SeedGenerator):
+    """A `SeedGenerator` whose state is a given variable (here: a model weight, so that the
+    random sequence saves, loads and resumes with the model, and JAX's stateless step carries
+    it); `next` as Keras's ordered one: return the state, advance its counter."""
+
+    def __init__(self, state):  # no super().__init__: it would create a variable of its own
+        self.state = state
+
+    def next(self, ordered=True):
+        del ordered
+        value = self.state.value * 1
+        self.state.assign(value + ops.convert_to_tensor([0, 1], dtype=self.state.dtype))
+        return value
+
+
+@_register
+class RLW(Balancer):
+    """Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random
+    Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022): every training step draws
+
+        b = K softmax(x),    x ~ N(0, I_K),
+
+    fresh weights summing to `K` (the paper's weights sum to 1: these are `K` times them, the
+    scale of equal weights 1, like `DWA` and `GradNorm`). The draws come from Keras's generator
+    with seed `[seed, step]`, its state a model variable: a run is reproducible, every replica
+    draws the same weights, and a resumed model continues the sequence. Evaluation uses weights
+    1 (their expectation) and draws nothing.
+
+    Args:
+        seed: an integer seed.
+    """
+
+    def __init__(self, seed=0):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"RLW: seed must be an integer, got {seed!r}")
+        self.seed = seed
+
+    def bind(self, model):
+        dtype = keras.random.SeedGenerator(self.seed).state.dtype
+        state = model.add_weight(
+            shape=(2,),
+            initializer=lambda shape, dtype: ops.convert_to_tensor([self.seed, 0], dtype),
+            dtype=dtype,
+            trainable=False,
+            name="rlw_seed",
+            aggregation="only_first_replica",
+        )
+        self.generator = _StateSeed(state)
+
+    def apply(self, step):
+        k = len(step.names)
+        if step.training:
+            w = k * ops.softmax(keras.random.normal((k,), seed=self.generator))
+        else:
+            w = ops.ones((k,))
+        weights = {n: w[i] for i, n in enumerate(step.names)}
+        return step.weighted_total(weights), weights
+
+    def get_config(self):
+        return {"seed": self.seed}

