@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2
 $(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes]"
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes,boosting]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -88,6 +88,18 @@ def value_and_grad(fn, inputs):
     return _impl().value_and_grad(fn, inputs)
 
 
+def score_derivatives(fn, score, constants):
+    """`(g, h)`: the gradient and the Hessian diagonal of `fn(score, *constants)` (one value per
+    row of `score`, which is `(n, k)`) w.r.t. `score`, each `(n, k)`.
+
+    Rows must be independent (row i's value depends on row i only), so that the gradient of
+    the sum is each row's gradient, and column j of the gradient of `sum(g[:, j])` is
+    `d^2 fn_i / d score_ij^2`: one reverse pass for `g`, then k reverse passes over it (reverse
+    over reverse, which custom-gradient rules support where forward mode does not).
+    """
+    return _impl().score_derivatives(fn, score, list(constants))
+
+
 def compile_function(fn):
     """`fn` compiled for repeated calls on same-shaped inputs (`jax.jit`, `tf.function`), or
     `fn` itself where compiling brings nothing (torch eager)."""

@@ -68,6 +68,18 @@ def value_and_grad(fn, inputs):
     return value, list(grads)
 
 
+def score_derivatives(fn, score, constants):
+    def total(x):
+        return jnp.sum(fn(x, *constants))
+
+    grad = jax.grad(total)
+    columns = [
+        jax.grad(lambda x, j=j: jnp.sum(grad(x)[:, j]))(score)[:, j]
+        for j in range(score.shape[-1])
+    ]
+    return grad(score), jnp.stack(columns, axis=-1)
+
+
 def compile_function(fn):
     return jax.jit(fn)
 
