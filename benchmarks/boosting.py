@@ -8,6 +8,8 @@ tensors, float64 gradient and Hessian by the backend's autodiff, back to NumPy, 
 interleaved rounds (median); each measurement trains `--rounds` boosting rounds, on one thread
 (`--threads`: OpenMP threads spin on a busy shared machine and swamp the comparison).
 
+Both derivative precisions are timed: float64 (the default) and `dtype="float32"`.
+
 Targets (issue 22): custom / built-in <= 1.3 per round, derivatives <= 10 % of a custom round.
 
     python benchmarks/boosting.py [--quick] [--backends tensorflow jax torch]
@@ -37,7 +39,9 @@ def child(args):
     dtrain = xgb.DMatrix(X, label=y, base_margin=np.zeros(n), nthread=args.threads)
     dset = lgb.Dataset(X, label=y, params={"verbose": -1, "num_threads": args.threads})
     dset.construct()
-    obj = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True))
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    obj = boosting.objective(loss)
+    obj32 = boosting.objective(loss, dtype="float32")
     xgb_params = {"max_depth": 6, "eta": 0.1, "tree_method": "hist", "nthread": args.threads,
                   "seed": 0}
     lgb_params = {"num_leaves": 31, "learning_rate": 0.1, "verbose": -1, "seed": 0,
@@ -52,8 +56,13 @@ def child(args):
         "lightgbm_builtin": lambda: lgb.train(
             {**lgb_params, "objective": "binary", "boost_from_average": False}, dset, rounds),
         "lightgbm_losskit": lambda: lgb.train({**lgb_params, "objective": obj}, dset, rounds),
+        "xgboost_losskit_f32": lambda: xgb.train(
+            {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=obj32),
+        "lightgbm_losskit_f32": lambda: lgb.train({**lgb_params, "objective": obj32}, dset,
+                                                  rounds),
         # One derivative computation per round: `rounds` of them, as the trainings above do.
         "derivatives": lambda: [obj.gradients(y, scores) for _ in range(rounds)],
+        "derivatives_f32": lambda: [obj32.gradients(y, scores) for _ in range(rounds)],
     }
     start = time.perf_counter()
     timing = common.interleaved(thunks, repeats=2 if args.quick else args.repeats, warmup=1)
@@ -63,12 +72,12 @@ def child(args):
         "threads": args.threads,
         "seconds_per_round": per_round,
         "ratio_custom_to_builtin": {
-            "xgboost": per_round["xgboost_losskit"] / per_round["xgboost_builtin"],
-            "lightgbm": per_round["lightgbm_losskit"] / per_round["lightgbm_builtin"],
+            f"{lib}{tag}": per_round[f"{lib}_losskit{tag}"] / per_round[f"{lib}_builtin"]
+            for lib in ("xgboost", "lightgbm") for tag in ("", "_f32")
         },
         "derivative_share_of_custom_round": {
-            "xgboost": per_round["derivatives"] / per_round["xgboost_losskit"],
-            "lightgbm": per_round["derivatives"] / per_round["lightgbm_losskit"],
+            f"{lib}{tag}": per_round[f"derivatives{tag}"] / per_round[f"{lib}_losskit{tag}"]
+            for lib in ("xgboost", "lightgbm") for tag in ("", "_f32")
         },
         "versions_boosting": {"xgboost": xgb.__version__, "lightgbm": lgb.__version__},
         "raw": timing,
@@ -77,8 +86,8 @@ def child(args):
     backend = keras.backend.backend()
     for name, seconds in per_round.items():
         print(f"{backend:10s} {name:18s} {seconds * 1e3:8.2f} ms/round", flush=True)
-    for lib in ("xgboost", "lightgbm"):
-        print(f"{backend:10s} {lib:10s} custom/builtin "
+    for lib in result["ratio_custom_to_builtin"]:
+        print(f"{backend:10s} {lib:12s} custom/builtin "
               f"{result['ratio_custom_to_builtin'][lib]:.3f}  derivative share "
               f"{result['derivative_share_of_custom_round'][lib]:.3f}", flush=True)
     common.save_child("boosting", args.backend, result)
@@ -95,7 +104,13 @@ def main():
     if args.backend:
         child(args)
     else:
-        common.run_per_backend("boosting", __file__, sys.argv[1:], backends=args.backends)
+        # One thread everywhere: on a shared 2-core machine, OpenMP / Eigen thread pools spin
+        # against other processes (torch's derivatives ran 30x slower with 2 threads).
+        env = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+               "TF_NUM_INTEROP_THREADS": "1",
+               "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+        common.run_per_backend("boosting", __file__, sys.argv[1:], env=env,
+                               backends=args.backends)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,21 @@ def test_custom_gradient_loss_uses_its_declared_gradient():
     np.testing.assert_allclose(h, p * (1 - p), rtol=0, atol=1e-12)
 
 
+def test_float32_derivatives_are_float64_rounded():
+    rng = np.random.default_rng(5)
+    y, s = (rng.random(50) > 0.5).astype(float), 4 * rng.normal(size=50)
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    g64, h64 = boosting.objective(loss).gradients(y, s)
+    g32, h32 = boosting.objective(loss, dtype="float32").gradients(y, s)
+    p = 1 / (1 + np.exp(-s))
+    np.testing.assert_allclose(g64, p - y, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(g32, g64, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(h32, h64, rtol=0, atol=1e-6)
+    assert np.abs(g32 - g64).max() > 0  # computed in float32 indeed
+    with pytest.raises(ValueError, match="dtype must be"):
+        boosting.objective(loss, dtype="float16")
+
+
 def test_hessian_policy_for_a_non_convex_loss():
     y = np.zeros(5)
     s = np.array([-3.0, -0.5, 0.0, 0.5, 3.0])  # Cauchy: h = (1 - e^2) / (1 + e^2)^2 < 0 at |e|>1
