@@ -290,6 +290,8 @@ def test_bad_input_names_the_loss():
     multi = boosting.objective(keras.losses.CategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match=r"'categorical_crossentropy'.*class indices in \[0, 3\)"):
         multi.gradients(np.array([0, 1, 3]), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"one score per class.*num_class"):
+        multi.gradients(np.array([0, 1, 2]), np.zeros(3))  # booster without num_class
     bce = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match=r"binary labels must lie in \[0, 1\]"):
         bce.gradients(np.array([0.0, 2.0]), np.zeros(2))
@@ -302,6 +304,10 @@ def test_bad_input_names_the_loss():
                            hessian="gauss_newton").gradients(np.array([0, 1]), np.zeros((2, 2)))
     with pytest.raises(TypeError, match="expected a keras.losses.Loss"):
         boosting.objective("huber")
+    # Rows coupled through a batch statistic: the Hessian diagonal would be wrong; refused.
+    centred = boosting.objective(lambda y, p: ops.mean(ops.square(p - ops.mean(p) - y), axis=-1))
+    with pytest.raises(ValueError, match="depend on other rows"):
+        centred.gradients(np.zeros(5), np.arange(5.0))
     # A non-finite derivative (sqrt of a negative score) is refused, not trained on.
     root = boosting.objective(lambda y, p: ops.mean(ops.sqrt(p) - y * p, axis=-1))
     with pytest.raises(ValueError, match=r"not finite at 1 of 2 entries \(first at row 1"):

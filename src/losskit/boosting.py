@@ -110,6 +110,8 @@ class _Loss:
             self.sparse = bool(getattr(loss, "sparse_labels", False)) or (
                 "sparse" in type(loss).__name__.lower()
             )
+            # A softmax over classes: one output column would give a constant loss.
+            self.categorical = self.sparse or "categorical" in type(loss).__name__.lower()
             # Per-sample values in `dtype`: unreduced, and the loss's dtype policy overridden.
             config.update(reduction=None, dtype=dtype)
             self.fn = type(loss).from_config(config)
@@ -117,6 +119,7 @@ class _Loss:
             self.name = getattr(loss, "__name__", type(loss).__name__)
             self.binary_labels = False
             self.sparse = False
+            self.categorical = False
             self.fn = loss
         else:
             raise TypeError(
@@ -135,6 +138,11 @@ class _Loss:
         n = score.shape[0]
         score2 = score.reshape(n, -1)
         k = score2.shape[1]
+        if k == 1 and self.categorical:
+            raise self.error(
+                "a loss over classes needs one score per class, got one output; set "
+                "num_class=k in the library's parameters (XGBoost, LightGBM)"
+            )
         y = np.asarray(y_true)
         if y.shape[:1] != (n,):
             raise self.error(f"{y.shape[0] if y.ndim else 'no'} labels for {n} scores")
@@ -206,6 +214,7 @@ class Objective:
         self.min_hessian = float(min_hessian)
         self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
         self._compiled = {}
+        self._rows_checked = False
 
     def __repr__(self):
         return f"losskit.boosting.objective({self.loss.name}, hessian={self.hessian!r})"
@@ -232,6 +241,9 @@ class Objective:
         """`(g, h)`: the weighted gradient and Hessian diagonal w.r.t. `score`, float64 arrays of
         the scores' shape, with the Hessian policy applied."""
         labels, score2, weight = self.loss.prepare(y_true, score, sample_weight)
+        if not self._rows_checked:
+            self._check_rows_independent(labels, score2)
+            self._rows_checked = True
         k = score2.shape[1]
         with self.loss.scope():
             g, h = self._derivative_fn(k)(*self.loss.tensors(labels, score2))
@@ -251,6 +263,30 @@ class Objective:
             h = h * weight[:, None]
         shape = np.shape(score)
         return g.reshape(shape), h.reshape(shape)
+
+    def _check_rows_independent(self, labels, score, rows=3):
+        """Once per objective: the first rows' values computed one by one equal their values
+        computed together. A loss that couples rows (batch statistics, in-batch pairs) would
+        otherwise get a wrong Hessian diagonal (the derivative of the summed gradient) silently."""
+        rows = min(rows, len(score))
+        if rows == len(score):
+            return
+        try:
+            together = self.loss.values(labels[:rows], score[:rows])
+            alone = np.concatenate(
+                [self.loss.values(labels[i:i + 1], score[i:i + 1]) for i in range(rows)]
+            )
+        except Exception as err:  # e.g. a loss that needs several rows at once
+            raise self.loss.error(
+                f"could not evaluate single rows ({err}); boosting needs a per-sample loss whose "
+                "row i depends on row i only"
+            ) from err
+        if not np.allclose(together, alone, rtol=1e-6, atol=1e-12, equal_nan=True):
+            raise self.loss.error(
+                "its per-sample values depend on other rows of the batch (row values "
+                f"{alone.tolist()} alone, {together.tolist()} together); boosting needs a "
+                "per-sample loss whose row i depends on row i only"
+            )
 
     def _policy(self, h, g, labels, score):
         if self.hessian == "exact":
