@@ -230,7 +230,25 @@ def test_metric_in_each_library_form(data):
     name, value, higher = m(s, lgb.Dataset(X, label=y, weight=w).construct())
     assert value == pytest.approx(expected, rel=1e-12) and higher is False
     assert m.xgboost_sklearn(y, s) == pytest.approx(per_sample.mean(), rel=1e-12)
+    assert m.xgboost_sklearn.__name__ == "binary_crossentropy"  # the name XGBoost logs
     assert m.lightgbm_sklearn(y, s, w)[1] == pytest.approx(expected, rel=1e-12)
+    # In training: XGBoost and LightGBM hand the metric raw margins with a custom objective.
+    obj = boosting.objective(loss)
+    dtrain = xgb.DMatrix(X, label=y, weight=w, base_margin=np.zeros(len(y)))
+    log = {}
+    booster = xgb.train({"max_depth": 2, "nthread": 1, "disable_default_eval_metric": 1}, dtrain,
+                        3, obj=obj, custom_metric=m, evals=[(dtrain, "train")], evals_result=log)
+    margins = booster.predict(dtrain, output_margin=True)
+    assert log["train"]["binary_crossentropy"][-1] == pytest.approx(m.value(y, margins, w),
+                                                                     rel=1e-5)
+    dset = lgb.Dataset(X, label=y, weight=w)
+    log = {}
+    booster = lgb.train({"objective": obj, "metric": "None", "verbose": -1, "num_threads": 1},
+                        dset, 3, feval=m, valid_sets=[dset], valid_names=["train"],
+                        callbacks=[lgb.record_evaluation(log)])
+    margins = booster.predict(X, raw_score=True)
+    assert log["train"]["binary_crossentropy"][-1] == pytest.approx(m.value(y, margins, w),
+                                                                     rel=1e-6)
     cat = m.for_catboost()
     error, total = cat.evaluate([s], y, w)
     assert cat.get_final_error(error, total) == pytest.approx(expected, rel=1e-12)

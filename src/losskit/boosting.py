@@ -365,9 +365,16 @@ class Metric:
             return self.loss.name, value, False
         return self.loss.name, value
 
-    def xgboost_sklearn(self, y_true, y_pred, sample_weight=None):
-        """XGBoost scikit-learn `eval_metric=`: the value."""
-        return self.value(y_true, y_pred, sample_weight)
+    @property
+    def xgboost_sklearn(self):
+        """XGBoost scikit-learn `eval_metric=`: `fn(y_true, y_pred, sample_weight=None)` -> the
+        value, named after the loss (XGBoost logs the function's `__name__`)."""
+
+        def fn(y_true, y_pred, sample_weight=None):
+            return self.value(y_true, y_pred, sample_weight)
+
+        fn.__name__ = self.loss.name
+        return fn
 
     def lightgbm_sklearn(self, y_true, y_pred, weight):
         """LightGBM scikit-learn `eval_metric=`: `(name, value, is_higher_better)`."""
