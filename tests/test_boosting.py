@@ -6,6 +6,7 @@ difference). Derivatives against closed forms; custom-gradient losses use their 
 weights applied once; the Hessian policy; errors naming the loss.
 """
 
+import copy
 import pickle
 
 import keras
@@ -102,6 +103,7 @@ def test_sklearn_forms_apply_sample_weight_once(data):
     ours = xgb.XGBRegressor(objective=obj, **kw).fit(X, y, sample_weight=w)
     np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=0, atol=1e-6)
     clone = pickle.loads(pickle.dumps(ours))  # the objective pickles with the model
+    assert copy.deepcopy(obj) is obj  # LightGBM deep-copies params each train(): no recompiling
     np.testing.assert_array_equal(clone.predict(X), ours.predict(X))
 
     kw = {"n_estimators": ROUNDS, "num_leaves": 8, "learning_rate": 0.1, "n_jobs": 1,

@@ -146,7 +146,7 @@ class _Loss:
         y = np.asarray(y_true)
         if y.shape[:1] != (n,):
             raise self.error(f"{y.shape[0] if y.ndim else 'no'} labels for {n} scores")
-        if not np.all(np.isfinite(score2)):
+        if not np.isfinite(np.sum(score2)) and not np.all(np.isfinite(score2)):
             raise self.error("the scores contain NaN or inf")
         if y.ndim == 2 and y.shape == score2.shape:
             labels = y.astype(np.float64)
@@ -164,7 +164,9 @@ class _Loss:
                 labels = classes.astype(np.int32) if self.sparse else np.eye(k)[classes]
         else:
             raise self.error(f"labels of shape {y.shape} do not fit scores of shape {score.shape}")
-        if not np.all(np.isfinite(np.asarray(labels, dtype=np.float64))):
+        if labels.dtype.kind == "f" and not np.isfinite(np.sum(labels)) and not np.all(
+            np.isfinite(labels)
+        ):
             raise self.error("the labels contain NaN or inf")
         if self.binary_labels and k == 1 and (labels.min() < 0 or labels.max() > 1):
             raise self.error(
@@ -219,6 +221,12 @@ class Objective:
     def __repr__(self):
         return f"losskit.boosting.objective({self.loss.name}, hessian={self.hessian!r})"
 
+    def __deepcopy__(self, memo):
+        # LightGBM deep-copies its params (the objective among them) on every `train` call, and
+        # scikit-learn clones estimators: the objective is immutable, so the copy is the object
+        # itself and keeps its compiled derivative functions (a copy would compile again).
+        return self
+
     def __getstate__(self):
         # scikit-learn clones estimators (deepcopy) and pickles models: the compiled functions
         # (a tf.function holds graphs) are rebuilt on first use instead.
@@ -230,9 +238,10 @@ class Objective:
             per_sample = self.loss.fn
 
             def derivatives(labels, score):
-                return backend.score_derivatives(
-                    lambda s, y: per_sample(y, s), score, [labels]
-                )
+                g, h = backend.score_derivatives(lambda s, y: per_sample(y, s), score, [labels])
+                # The checks' reductions fused into the compiled call: a NaN or inf in g or h
+                # makes the sum non-finite; the smallest h decides the policy's error.
+                return g, h, ops.sum(g) + ops.sum(h), ops.min(h)
 
             self._compiled[k] = backend.compile_function(derivatives)
         return self._compiled[k]
@@ -246,18 +255,20 @@ class Objective:
             self._rows_checked = True
         k = score2.shape[1]
         with self.loss.scope():
-            g, h = self._derivative_fn(k)(*self.loss.tensors(labels, score2))
+            g, h, total, h_min = self._derivative_fn(k)(*self.loss.tensors(labels, score2))
             g = np.asarray(ops.convert_to_numpy(g), dtype=np.float64)
             h = np.asarray(ops.convert_to_numpy(h), dtype=np.float64)
-        bad = ~(np.isfinite(g) & np.isfinite(h))
-        if bad.any():
+            total, h_min = float(ops.convert_to_numpy(total)), float(ops.convert_to_numpy(h_min))
+        # A non-finite sum may also be an overflow of finite values: then look at each entry.
+        bad = None if np.isfinite(total) else ~(np.isfinite(g) & np.isfinite(h))
+        if bad is not None and bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise self.loss.error(
                 f"gradient or Hessian is not finite at {int(bad.sum())} of {bad.size} entries "
                 "(first at row "
                 f"{row}: score {score2[row].tolist()}, label {np.asarray(labels[row]).tolist()})"
             )
-        h = self._policy(h, g, labels, score2)
+        h = self._policy(h, g, labels, score2, h_min)
         if weight is not None:
             g = g * weight[:, None]
             h = h * weight[:, None]
@@ -288,10 +299,10 @@ class Objective:
                 "per-sample loss whose row i depends on row i only"
             )
 
-    def _policy(self, h, g, labels, score):
+    def _policy(self, h, g, labels, score, h_min):
         if self.hessian == "exact":
-            negative = h < 0
-            if negative.any():
+            if h_min < 0:
+                negative = h < 0
                 raise self.loss.error(
                     f"the exact Hessian is negative at {int(negative.sum())} of {h.size} entries "
                     f"(min {h.min():.3g}): the loss is not convex there. Pass "
