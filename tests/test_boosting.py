@@ -278,7 +278,7 @@ def test_catboost_derivatives_in_its_sign_convention_and_a_model_trains(data):
     kw = {"iterations": 10, "depth": 3, "learning_rate": 0.3, "verbose": False,
           "thread_count": 1, "random_seed": 0, "boost_from_average": False,
           "leaf_estimation_method": "Newton", "leaf_estimation_iterations": 1,
-          "bootstrap_type": "No", "random_strength": 0}
+          "bootstrap_type": "No", "random_strength": 0, "allow_writing_files": False}
     half_squared = boosting.objective(losskit.losses.GeneralRobust(alpha=2.0)).for_catboost()
     for weight in (None, w):
         ref = catboost.CatBoostRegressor(loss_function="RMSE", **kw).fit(X, y, sample_weight=weight)
