@@ -47,3 +47,12 @@ def test_bad_option_is_a_recipe_error(tmp_path):
     config = RecipeConfig(out_dir=tmp_path, quick=True, options={"delta": -1.0}, verbose=0)
     with pytest.raises(RecipeError, match="delta must be positive"):
         report.run_recipe("boosting", config)
+
+
+def test_without_the_extra_the_recipe_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as if not installed
+    config = RecipeConfig(out_dir=tmp_path, quick=True, verbose=0)
+    with pytest.raises(RecipeError, match=r"needs the boosting extra.*losskit\[boosting\]"):
+        report.run_recipe("boosting", config)
