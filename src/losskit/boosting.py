@@ -64,7 +64,7 @@ def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64"):
               `min_hessian`. One output only.
         min_hessian: the floor of `"clip"` and `"gauss_newton"` (default `1e-6`).
         dtype: the precision of the autodiff, `"float64"` (default; JAX with x64 switched on for
-            the call) or `"float32"`, about twice as fast on CPUs (benchmarks/boosting.py); the
+            the call) or `"float32"`, which took 15-40 % less time (benchmarks/boosting.py); the
             libraries store the derivatives in float32 either way.
 
     Returns an `Objective`: call it as XGBoost or LightGBM calls an objective (native
