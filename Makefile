@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2
 $(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes,parity]"
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes,parity,boosting]"
 	# The keras-hub extra without tensorflow-text (it requires the full `tensorflow` wheel, which
 	# would replace tensorflow-cpu); the models import only regex and tokenizers besides.
 	$(PY) -m pip install --quiet -c constraints-dev.txt regex tokenizers

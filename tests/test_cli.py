@@ -47,7 +47,7 @@ def test_list_names_every_recipe(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     for name in ("airfoil-huber", "credit-custom-gradient", "cancer-distillation",
-                 "image-cross-entropy", "vae-annealing", "multitask-balancing"):
+                 "image-cross-entropy", "vae-annealing", "multitask-balancing", "boosting"):
         assert name in out
 
 

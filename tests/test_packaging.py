@@ -13,7 +13,8 @@ from conftest import BACKEND, only_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-APP_ONLY = ("sklearn", "matplotlib", "mlxtend", "keras_hub")  # scipy: jax needs it itself
+# scipy: jax needs it itself. The boosting libraries: losskit.boosting needs none of them.
+APP_ONLY = ("sklearn", "matplotlib", "mlxtend", "keras_hub", "xgboost", "lightgbm", "catboost")
 
 
 @only_backend("tensorflow")  # one build is enough; the wheel does not depend on the backend
@@ -33,7 +34,7 @@ def test_wheel_requires_keras_and_numpy_only(tmp_path):
     assert core == ["keras", "numpy"], requires
     extras = {line.split(":", 1)[1].strip() for line in metadata.splitlines()
               if line.startswith("Provides-Extra:")}  # fmt: skip
-    assert {"tensorflow", "jax", "torch", "recipes", "dev", "keras-hub"} <= extras
+    assert {"tensorflow", "jax", "torch", "recipes", "boosting", "dev", "keras-hub"} <= extras
 
 
 BLOCKER = """
@@ -57,6 +58,8 @@ model.fit({"features": x}, y, epochs=1, verbose=0)
 nll = losskit.losses.logistic_nll
 report = losskit.check_gradients(nll, y[:, 0], x[:, :2], x[:2, :1], x[0, :1])
 assert report.ok, str(report)
+g, h = losskit.boosting.objective(losskit.losses.Huber()).gradients(y[:, 0], x[:, 0])
+assert g.shape == h.shape == (8,)
 loaded = [m for m in BLOCKED if sys.modules.get(m) is not None]
 assert not loaded, loaded
 print("ok", keras.backend.backend(), float(ops.convert_to_numpy(value)))

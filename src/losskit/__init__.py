@@ -1,6 +1,6 @@
 """losskit: custom loss functions as first-class citizens in Keras 3."""
 
-from losskit import balancing, domains, gradients, losses, metrics, schedules, sources
+from losskit import balancing, boosting, domains, gradients, losses, metrics, schedules, sources
 from losskit.gradients import check_gradients, custom_gradient
 from losskit.loss import FunctionLoss, loss
 from losskit.metric import FunctionMetric, metric
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "balancing",
+    "boosting",
     "FunctionLoss",
     "FunctionMetric",
     "check_gradients",

@@ -95,6 +95,19 @@ def value_and_grad(fn, inputs):
     return _impl().value_and_grad(fn, inputs)
 
 
+def score_derivatives(fn, score, constants):
+    """`(g, h)`: the gradient and the Hessian diagonal of `fn(score, *constants)` (one value per
+    row of `score`, which is `(n, k)`) w.r.t. `score`, each `(n, k)`.
+
+    Rows must be independent (row i's value depends on row i only), so that the gradient of
+    the sum is each row's gradient, and column j of the derivative of `g[:, j]` along the
+    column-j direction is `d^2 fn_i / d score_ij^2`: one reverse pass for `g`, then one pass per
+    column over it (JAX: forward over reverse, falling back to reverse over reverse for a
+    custom-gradient rule, which has no forward mode; TensorFlow and torch: reverse over reverse).
+    """
+    return _impl().score_derivatives(fn, score, list(constants))
+
+
 def compile_function(fn):
     """`fn` compiled for repeated calls on same-shaped inputs (`jax.jit`, `tf.function`), or
     `fn` itself where compiling brings nothing (torch eager)."""

@@ -76,6 +76,22 @@ def value_and_grad(fn, inputs):
     return value, list(grads)
 
 
+def score_derivatives(fn, score, constants):
+    zero = tf.UnconnectedGradients.ZERO  # a Hessian of 0 (piecewise-linear losses), not None
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(score)
+        with tf.GradientTape() as inner:
+            inner.watch(score)
+            total = tf.reduce_sum(fn(score, *constants))
+        grad = inner.gradient(total, score, unconnected_gradients=zero)
+        sums = [tf.reduce_sum(grad[:, j]) for j in range(score.shape[-1])]
+    columns = [
+        outer.gradient(s, score, unconnected_gradients=zero)[:, j] for j, s in enumerate(sums)
+    ]
+    del outer
+    return grad, tf.stack(columns, axis=-1)
+
+
 def compile_function(fn):
     return tf.function(fn, reduce_retracing=True)
 

@@ -58,6 +58,23 @@ def value_and_grad(fn, inputs):
     return value, list(grads)
 
 
+def score_derivatives(fn, score, constants):
+    score = score.detach().requires_grad_(True)
+    with torch.enable_grad():
+        total = fn(score, *constants).sum()
+        (grad,) = torch.autograd.grad(total, score, create_graph=True)
+        columns = []
+        for j in range(score.shape[-1]):
+            column = None
+            if grad.requires_grad:
+                (column,) = torch.autograd.grad(
+                    grad[:, j].sum(), score, retain_graph=True, allow_unused=True
+                )
+            # Unconnected: the gradient is constant in the score (a piecewise-linear loss).
+            columns.append(torch.zeros_like(score[:, j]) if column is None else column[:, j])
+    return grad.detach(), torch.stack(columns, dim=-1).detach()
+
+
 def compile_function(fn):
     return fn  # eager; torch.compile costs more than the loops it would serve
 

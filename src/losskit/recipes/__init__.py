@@ -27,6 +27,7 @@ RECIPES = {
     "image-cross-entropy": "losskit.recipes.image_cross_entropy",
     "vae-annealing": "losskit.recipes.vae_annealing",
     "multitask-balancing": "losskit.recipes.multitask_balancing",
+    "boosting": "losskit.recipes.boosting",  # needs the boosting extra
 }
 
 

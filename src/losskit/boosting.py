@@ -1,0 +1,418 @@
+r"""losskit losses as exact XGBoost, LightGBM and CatBoost objectives (extra `boosting`).
+
+A gradient-boosting library grows each tree from the first and second derivatives of the
+per-sample loss :math:`\ell_i(s_i)` with respect to the raw score :math:`s_i` (the margin, before
+any link): :math:`g_i = \partial\ell_i/\partial s_i`, :math:`h_i = \partial^2\ell_i/\partial s_i^2`
+(Chen & Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016, eq. 3). `objective(loss)`
+computes both by autodiff of the loss on the active Keras backend, in float64, and hands them over
+in each library's form; `metric(loss)` evaluates the loss the same way.
+
+```python
+obj = losskit.boosting.objective(losskit.losses.Huber(delta=2.0))
+booster = xgboost.train(params, dtrain, num_boost_round=200, obj=obj)   # (predt, DMatrix)
+xgboost.XGBRegressor(objective=obj)                                     # (y_true, y_pred, w)
+lightgbm.train({"objective": obj}, dset); lightgbm.LGBMRegressor(objective=obj)
+catboost.CatBoostRegressor(loss_function=obj.for_catboost(), eval_metric="RMSE")
+```
+
+The libraries' conventions this module takes care of (checked on XGBoost 3.2, LightGBM 4.7,
+CatBoost 1.2; docs/boosting.md):
+
+- scores of a `k`-output model arrive as `(n, k)` (XGBoost >= 2, LightGBM >= 4) and the
+  derivatives go back in the same shape; one output gives `(n,)`;
+- sample weights: none of the libraries applies them to a custom objective's derivatives (the
+  XGBoost sklearn wrapper and LightGBM hand them to the objective, `xgboost.train` and CatBoost
+  leave them in the data), so the objective multiplies by them, exactly once;
+- CatBoost maximises: `calc_ders_range` wants the derivatives of the log-likelihood, i.e.
+  :math:`-g` and :math:`-h`.
+
+The loss sees the raw score: a loss that expects probabilities (`from_logits=False`) is refused.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+from keras import ops
+
+from losskit import backend
+
+HESSIAN_POLICIES = ("exact", "clip", "gauss_newton")
+
+
+def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64"):
+    r"""A custom boosting objective from a losskit or Keras loss.
+
+    Args:
+        loss: a `keras.losses.Loss` instance (losskit or Keras), a Loss class (instantiated with
+            its defaults; `@losskit.loss` classes included), or a per-sample function
+            `fn(y_true, y_pred) -> (n,)`. It is called with `y_pred` the raw score, `(n, 1)` for
+            one output or `(n, k)`, and `y_true` the labels: `(n, 1)`; for `k > 1` outputs and
+            labels of shape `(n,)`, class indices (one-hot, or as they are for a sparse loss).
+        hessian: how the second derivative is formed.
+
+            - `"exact"`: :math:`h = \partial^2 \ell / \partial s^2` by autodiff. A negative value
+              (a non-convex loss such as `cauchy`, `general_robust` with `alpha < 1`) raises a
+              `ValueError`: a tree leaf :math:`-\sum g / \sum h` would step uphill.
+            - `"clip"`: :math:`\max(h, \text{min\_hessian})`.
+            - `"gauss_newton"`: for losses of the residual, :math:`\ell = \rho(e)`, `e = s - y`
+              with :math:`\rho` a function of :math:`\tfrac12 e^2`: the generalised Gauss-Newton
+              curvature :math:`\rho'(e)/e` (the outer function's curvature dropped;
+              Schraudolph 2002; the IRLS weight of Holland & Welsch 1977), positive for every
+              robust loss whose influence has the residual's sign, and equal to the exact
+              Hessian at `e = 0` (used for :math:`|e| \le 10^{-8}(1 + |y|)`); floored at
+              `min_hessian`. One output only.
+        min_hessian: the floor of `"clip"` and `"gauss_newton"` (default `1e-6`).
+        dtype: the precision of the autodiff, `"float64"` (default; JAX with x64 switched on for
+            the call) or `"float32"`, which took 15-40 % less time (benchmarks/boosting.py); the
+            libraries store the derivatives in float32 either way.
+
+    Returns an `Objective`: call it as XGBoost or LightGBM calls an objective (native
+    `(preds, DMatrix | Dataset)` or scikit-learn `(y_true, y_pred, sample_weight)`), or
+    `.gradients(y_true, score, sample_weight)` for the arrays; `.for_catboost()` for CatBoost.
+    """
+    return Objective(loss, hessian=hessian, min_hessian=min_hessian, dtype=dtype)
+
+
+def metric(loss):
+    """The weighted mean of a loss over the raw scores, as each library's evaluation metric.
+
+    `metric(loss)(preds, DMatrix | Dataset)` is XGBoost's `custom_metric` (`(name, value)`) or
+    LightGBM's `feval` (`(name, value, False)`), told apart by the dataset's library;
+    `.xgboost_sklearn` and `.lightgbm_sklearn` are the scikit-learn forms (`eval_metric=`), and
+    `.for_catboost()` CatBoost's `eval_metric=`. The scores must be raw margins: XGBoost and
+    LightGBM pass them so when the objective is custom. Lower is better.
+    """
+    return Metric(loss)
+
+
+class _Loss:
+    """A loss resolved to `per_sample(y_true, score) -> (n,)` in float64, with its contracts."""
+
+    def __init__(self, loss, dtype="float64"):
+        if dtype not in ("float64", "float32"):
+            raise ValueError(
+                f"losskit.boosting: dtype must be 'float64' or 'float32', got {dtype!r}"
+            )
+        self.dtype = dtype
+        if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
+            loss = loss()
+        if isinstance(loss, keras.losses.Loss):
+            config = loss.get_config()
+            self.name = loss.name
+            if config.get("from_logits") is False:
+                raise ValueError(
+                    f"losskit.boosting: loss '{self.name}' expects probabilities "
+                    "(from_logits=False), but a boosting library hands the loss the raw score "
+                    f"(a logit). Use {type(loss).__name__}(from_logits=True)."
+                )
+            self.binary_labels = "from_logits" in config  # cross-entropy-like: labels in [0, 1]
+            self.sparse = bool(getattr(loss, "sparse_labels", False)) or (
+                "sparse" in type(loss).__name__.lower()
+            )
+            # A softmax over classes: one output column would give a constant loss.
+            self.categorical = self.sparse or "categorical" in type(loss).__name__.lower()
+            # Per-sample values in `dtype`: unreduced, and the loss's dtype policy overridden.
+            config.update(reduction=None, dtype=dtype)
+            self.fn = type(loss).from_config(config)
+        elif callable(loss):
+            self.name = getattr(loss, "__name__", type(loss).__name__)
+            self.binary_labels = False
+            self.sparse = False
+            self.categorical = False
+            self.fn = loss
+        else:
+            raise TypeError(
+                "losskit.boosting: expected a keras.losses.Loss (instance or class) or a "
+                f"per-sample function fn(y_true, y_pred), got {loss!r}"
+            )
+
+    def error(self, message):
+        return ValueError(f"losskit.boosting: loss '{self.name}': {message}")
+
+    def prepare(self, y_true, score, sample_weight):
+        """Checked float64 `(labels, score (n, k), weights or None)` as NumPy arrays."""
+        score = np.asarray(score, dtype=np.float64)
+        if score.ndim not in (1, 2) or score.shape[0] == 0:
+            raise self.error(f"scores must be (n,) or (n, k) with n > 0, got shape {score.shape}")
+        n = score.shape[0]
+        score2 = score.reshape(n, -1)
+        k = score2.shape[1]
+        if k == 1 and self.categorical:
+            raise self.error(
+                "a loss over classes needs one score per class, got one output; set "
+                "num_class=k in the library's parameters (XGBoost, LightGBM)"
+            )
+        y = np.asarray(y_true)
+        if y.shape[:1] != (n,):
+            raise self.error(f"{y.shape[0] if y.ndim else 'no'} labels for {n} scores")
+        if not np.isfinite(np.sum(score2)) and not np.all(np.isfinite(score2)):
+            raise self.error("the scores contain NaN or inf")
+        if y.ndim == 2 and y.shape == score2.shape:
+            labels = y.astype(np.float64)
+        elif y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+            y = y.reshape(n)
+            if k == 1:
+                labels = y.astype(np.float64).reshape(n, 1)
+            else:
+                classes = y.astype(np.int64)
+                if not np.array_equal(classes, y) or classes.min() < 0 or classes.max() >= k:
+                    raise self.error(
+                        f"labels of a {k}-output model must be class indices in [0, {k}), got "
+                        f"values in [{y.min()}, {y.max()}]"
+                    )
+                labels = classes.astype(np.int32) if self.sparse else np.eye(k)[classes]
+        else:
+            raise self.error(f"labels of shape {y.shape} do not fit scores of shape {score.shape}")
+        if labels.dtype.kind == "f" and not np.isfinite(np.sum(labels)) and not np.all(
+            np.isfinite(labels)
+        ):
+            raise self.error("the labels contain NaN or inf")
+        if self.binary_labels and k == 1 and (labels.min() < 0 or labels.max() > 1):
+            raise self.error(
+                f"binary labels must lie in [0, 1], got values in [{labels.min()}, "
+                f"{labels.max()}]"
+            )
+        weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if weight is not None and weight.size == 0:
+            weight = None  # XGBoost's DMatrix.get_weight() when no weights were set
+        if weight is not None:
+            if weight.shape != (n,):
+                raise self.error(f"sample_weight must have shape ({n},), got {weight.shape}")
+            if not np.all(np.isfinite(weight)) or weight.min() < 0:
+                raise self.error("sample_weight must be finite and non-negative")
+        return labels, score2, weight
+
+    def scope(self):
+        return backend.float64_scope() if self.dtype == "float64" else contextlib.nullcontext()
+
+    def tensors(self, labels, score):
+        """`labels, score` as backend tensors in the compute dtype (integer labels kept)."""
+        if labels.dtype.kind == "f":
+            labels = labels.astype(self.dtype, copy=False)
+        return ops.convert_to_tensor(labels), ops.convert_to_tensor(score.astype(self.dtype,
+                                                                                 copy=False))
+
+    def values(self, labels, score):
+        with self.scope():
+            out = self.fn(*self.tensors(labels, score))
+            return np.asarray(ops.convert_to_numpy(out), dtype=np.float64)
+
+
+class Objective:
+    """A loss as a custom objective; see `objective`."""
+
+    def __init__(self, loss, *, hessian="exact", min_hessian=1e-6, dtype="float64"):
+        if hessian not in HESSIAN_POLICIES:
+            raise ValueError(
+                f"losskit.boosting: hessian must be one of {HESSIAN_POLICIES}, got {hessian!r}"
+            )
+        if not (np.isfinite(min_hessian) and min_hessian >= 0):
+            raise ValueError(
+                f"losskit.boosting: min_hessian must be finite and >= 0, got {min_hessian!r}"
+            )
+        self.loss = _Loss(loss, dtype)
+        self.hessian = hessian
+        self.min_hessian = float(min_hessian)
+        self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
+        self._compiled = {}
+        self._rows_checked = False
+
+    def __repr__(self):
+        return f"losskit.boosting.objective({self.loss.name}, hessian={self.hessian!r})"
+
+    def __deepcopy__(self, memo):
+        # LightGBM deep-copies its params (the objective among them) on every `train` call, and
+        # scikit-learn clones estimators: the objective is immutable, so the copy is the object
+        # itself and keeps its compiled derivative functions (a copy would compile again).
+        return self
+
+    def __getstate__(self):
+        # scikit-learn clones estimators (deepcopy) and pickles models: the compiled functions
+        # (a tf.function holds graphs) are rebuilt on first use instead.
+        return {**self.__dict__, "_compiled": {}}
+
+    def _derivative_fn(self, k):
+        """The backend-compiled `(labels, score) -> (g, h)` for `k` outputs (traced per shape)."""
+        if k not in self._compiled:
+            per_sample = self.loss.fn
+
+            def derivatives(labels, score):
+                g, h = backend.score_derivatives(lambda s, y: per_sample(y, s), score, [labels])
+                # The checks' reductions fused into the compiled call: a NaN or inf in g or h
+                # makes the sum non-finite; the smallest h decides the policy's error.
+                return g, h, ops.sum(g) + ops.sum(h), ops.min(h)
+
+            self._compiled[k] = backend.compile_function(derivatives)
+        return self._compiled[k]
+
+    def gradients(self, y_true, score, sample_weight=None):
+        """`(g, h)`: the weighted gradient and Hessian diagonal w.r.t. `score`, float64 arrays of
+        the scores' shape, with the Hessian policy applied."""
+        labels, score2, weight = self.loss.prepare(y_true, score, sample_weight)
+        if not self._rows_checked:
+            self._check_rows_independent(labels, score2)
+            self._rows_checked = True
+        k = score2.shape[1]
+        with self.loss.scope():
+            g, h, total, h_min = self._derivative_fn(k)(*self.loss.tensors(labels, score2))
+            g = np.asarray(ops.convert_to_numpy(g), dtype=np.float64)
+            h = np.asarray(ops.convert_to_numpy(h), dtype=np.float64)
+            total, h_min = float(ops.convert_to_numpy(total)), float(ops.convert_to_numpy(h_min))
+        # A non-finite sum may also be an overflow of finite values: then look at each entry.
+        bad = None if np.isfinite(total) else ~(np.isfinite(g) & np.isfinite(h))
+        if bad is not None and bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise self.loss.error(
+                f"gradient or Hessian is not finite at {int(bad.sum())} of {bad.size} entries "
+                "(first at row "
+                f"{row}: score {score2[row].tolist()}, label {np.asarray(labels[row]).tolist()})"
+            )
+        h = self._policy(h, g, labels, score2, h_min)
+        if weight is not None:
+            g = g * weight[:, None]
+            h = h * weight[:, None]
+        shape = np.shape(score)
+        return g.reshape(shape), h.reshape(shape)
+
+    def _check_rows_independent(self, labels, score, rows=3):
+        """Once per objective: the first rows' values computed one by one equal their values
+        computed together. A loss that couples rows (batch statistics, in-batch pairs) would
+        otherwise get a wrong Hessian diagonal (the derivative of the summed gradient) silently."""
+        rows = min(rows, len(score))
+        if rows == len(score):
+            return
+        try:
+            together = self.loss.values(labels[:rows], score[:rows])
+            alone = np.concatenate(
+                [self.loss.values(labels[i:i + 1], score[i:i + 1]) for i in range(rows)]
+            )
+        except Exception as err:  # e.g. a loss that needs several rows at once
+            raise self.loss.error(
+                f"could not evaluate single rows ({err}); boosting needs a per-sample loss whose "
+                "row i depends on row i only"
+            ) from err
+        if not np.allclose(together, alone, rtol=1e-6, atol=1e-12, equal_nan=True):
+            raise self.loss.error(
+                "its per-sample values depend on other rows of the batch (row values "
+                f"{alone.tolist()} alone, {together.tolist()} together); boosting needs a "
+                "per-sample loss whose row i depends on row i only"
+            )
+
+    def _policy(self, h, g, labels, score, h_min):
+        if self.hessian == "exact":
+            if h_min < 0:
+                negative = h < 0
+                raise self.loss.error(
+                    f"the exact Hessian is negative at {int(negative.sum())} of {h.size} entries "
+                    f"(min {h.min():.3g}): the loss is not convex there. Pass "
+                    "hessian='clip' or hessian='gauss_newton' (losskit.boosting.objective)."
+                )
+            return h
+        if self.hessian == "clip":
+            return np.maximum(h, self.min_hessian)
+        if score.shape[1] != 1 or labels.shape != score.shape:
+            raise self.loss.error(
+                "hessian='gauss_newton' needs one output and a real-valued target (a loss of "
+                "the residual); use hessian='clip' here"
+            )
+        residual = score - labels
+        near = np.abs(residual) <= 1e-8 * (1.0 + np.abs(labels))
+        secant = g / np.where(near, 1.0, residual)
+        return np.maximum(np.where(near, h, secant), self.min_hessian)
+
+    def __call__(self, a, b, sample_weight=None):
+        """Native `(preds, DMatrix | Dataset)` (XGBoost `obj=`, LightGBM `params["objective"]`)
+        or scikit-learn `(y_true, y_pred, sample_weight)` (both libraries' `objective=`)."""
+        if hasattr(b, "get_label"):  # a DMatrix or a LightGBM Dataset: weights live in it
+            return self.gradients(b.get_label(), a, b.get_weight())
+        return self.gradients(a, b, sample_weight)
+
+    def for_catboost(self):
+        """This objective as CatBoost's `loss_function=` object (derivatives of the
+        log-likelihood: :math:`-g`, :math:`-h`)."""
+        return CatBoostObjective(self)
+
+
+class CatBoostObjective:
+    """CatBoost's custom objective protocol (`calc_ders_range`, `calc_ders_multi`)."""
+
+    def __init__(self, objective):
+        self.objective = objective
+
+    def calc_ders_range(self, approxes, targets, weights):
+        g, h = self.objective.gradients(
+            np.asarray(targets, dtype=np.float64), np.asarray(approxes, dtype=np.float64),
+            None if weights is None else np.asarray(weights, dtype=np.float64),
+        )
+        return list(zip((-g).tolist(), (-h).tolist()))
+
+    def calc_ders_multi(self, approx, target, weight):
+        g, h = self.objective.gradients(
+            np.asarray([target], dtype=np.float64), np.asarray([approx], dtype=np.float64),
+            None if weight is None else np.asarray([weight], dtype=np.float64),
+        )
+        return (-g[0]).tolist(), np.diag(-h[0]).tolist()
+
+
+class Metric:
+    """A loss as an evaluation metric; see `metric`."""
+
+    def __init__(self, loss):
+        self.loss = _Loss(loss)
+        self.__name__ = self.loss.name
+
+    def value(self, y_true, score, sample_weight=None):
+        """The (weighted) mean per-sample loss at the raw scores."""
+        labels, score2, weight = self.loss.prepare(y_true, score, sample_weight)
+        values = self.loss.values(labels, score2)
+        if weight is None:
+            return float(values.mean())
+        return float(np.sum(values * weight) / np.sum(weight))
+
+    def __call__(self, preds, data):
+        value = self.value(data.get_label(), preds, data.get_weight())
+        if type(data).__module__.startswith("lightgbm"):
+            return self.loss.name, value, False
+        return self.loss.name, value
+
+    @property
+    def xgboost_sklearn(self):
+        """XGBoost scikit-learn `eval_metric=`: `fn(y_true, y_pred, sample_weight=None)` -> the
+        value, named after the loss (XGBoost logs the function's `__name__`)."""
+
+        def fn(y_true, y_pred, sample_weight=None):
+            return self.value(y_true, y_pred, sample_weight)
+
+        fn.__name__ = self.loss.name
+        return fn
+
+    def lightgbm_sklearn(self, y_true, y_pred, weight):
+        """LightGBM scikit-learn `eval_metric=`: `(name, value, is_higher_better)`."""
+        return self.loss.name, self.value(y_true, y_pred, weight), False
+
+    def for_catboost(self):
+        """This metric as CatBoost's `eval_metric=` object."""
+        return CatBoostMetric(self)
+
+
+class CatBoostMetric:
+    """CatBoost's custom metric protocol: weighted sum and weight, then their ratio."""
+
+    def __init__(self, metric):
+        self.metric = metric
+
+    def is_max_optimal(self):
+        return False
+
+    def evaluate(self, approxes, target, weight):
+        score = np.stack([np.asarray(a, dtype=np.float64) for a in approxes], axis=-1)
+        m = self.metric
+        labels, score2, w = m.loss.prepare(np.asarray(target), score[:, 0] if len(approxes) == 1
+                                           else score, None if weight is None else weight)
+        values = m.loss.values(labels, score2)
+        w = np.ones_like(values) if w is None else w
+        return float(np.sum(values * w)), float(np.sum(w))
+
+    def get_final_error(self, error, weight):
+        return error / weight if weight else 0.0
