@@ -1,0 +1,63 @@
+"""MkDocs hooks: math rendered to MathML at build time, and a build that fails on what would not
+render.
+
+`pymdownx.arithmatex` (generic mode) leaves each formula as `\\(...\\)` / `\\[...\\]` inside a
+`span`/`div` of class `arithmatex`; `latex2mathml` (pure Python) turns it into MathML, which
+browsers display natively: no JavaScript, no CDN, the site works offline. A formula
+`latex2mathml` cannot convert, or reStructuredText math left unconverted, fails the build.
+"""
+
+import html
+import re
+from pathlib import Path
+
+
+from latex2mathml.converter import convert
+from mkdocs.exceptions import PluginError
+
+MATH = re.compile(
+    r'<(?P<tag>span|div) class="arithmatex">\s*(?:\\\((?P<inline>.*?)\\\)|\\\[(?P<block>.*?)\\\])'
+    r"\s*</(?P=tag)>",
+    re.S,
+)
+LEFTOVER = re.compile(r":math:`|\.\. math::|\\\(|\\\[")
+
+
+def _to_mathml(match, page):
+    tex = html.unescape(match["inline"] if match["inline"] is not None else match["block"])
+    display = "block" if match["block"] is not None else "inline"
+    try:
+        mathml = convert(tex.strip(), display=display)
+    except Exception as err:  # latex2mathml raises several exception types
+        raise PluginError(f"{page.file.src_uri}: cannot render math {tex!r}: {err}") from err
+    return f'<span class="math math-{display}">{mathml}</span>'
+
+
+def on_page_content(html_text, page, **kwargs):
+    rendered = MATH.sub(lambda m: _to_mathml(m, page), html_text)
+    text_only = re.sub(r"<(pre|code)\b.*?</\1>", "", rendered, flags=re.S)
+    leftover = LEFTOVER.search(text_only)
+    if leftover:
+        start = max(leftover.start() - 80, 0)
+        raise PluginError(
+            f"{page.file.src_uri}: math left unrendered near {text_only[start:leftover.end() + 80]!r}"
+        )
+    return rendered
+
+
+def on_config(config, **kwargs):
+    """Fills the nav's "API reference" entry with every page under docs/api/: adding a module's
+    page is adding one file, `docs/api/<module>.md` containing `::: losskit.<module>`."""
+    docs = Path(config["docs_dir"])
+
+    def pages(folder):
+        files = sorted(folder.glob("*.md"), key=lambda p: (p.name != "index.md", p.name))
+        entries = [str(p.relative_to(docs)) for p in files]
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
+            entries.append({f"losskit.{sub.name}": pages(sub)})
+        return entries
+
+    for i, item in enumerate(config["nav"]):
+        if isinstance(item, dict) and item.get("API reference") == "api/":
+            config["nav"][i] = {"API reference": pages(docs / "api")}
+    return config
