@@ -36,7 +36,31 @@ def rst_math_to_arithmatex(text):
     return INLINE.sub(lambda m: f"\\({m[1]}\\)", "\n".join(out))
 
 
+LOSS_CLASS = re.compile(r"^loss_class\(\s*(\w+)\s*,")
+
+
+def loss_class_docstring(attribute):
+    """A docstring for `Name = loss_class(fn, "Name", ...)`: the class form of a library loss,
+    made at import time, which static analysis sees as an undocumented attribute."""
+    match = LOSS_CLASS.match(str(attribute.value or ""))
+    if not match:
+        return None
+    fn = match[1]
+    return (
+        f"The Keras `Loss` class of [`{fn}`][{attribute.parent.path}.{fn}]: "
+        f"`{attribute.name}(**params, reduction=\"sum_over_batch_size\", name=None)` takes "
+        f"`{fn}`'s parameters as keywords, keeps them in its config (`.keras` save/load "
+        f"restores them) and is registered as `losskit.losses>{attribute.name}`."
+    )
+
+
 class RstMath(griffe.Extension):
     def on_instance(self, *, obj, **kwargs):
+        if obj.docstring is None and obj.is_attribute:
+            text = loss_class_docstring(obj)
+            if text:
+                obj.docstring = griffe.Docstring(text, parent=obj)
+                obj.labels.discard("module-attribute")
+                obj.labels.add("class")
         if obj.docstring is not None:
             obj.docstring.value = rst_math_to_arithmatex(obj.docstring.value)

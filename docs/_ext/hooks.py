@@ -9,6 +9,7 @@ browsers display natively: no JavaScript, no CDN, the site works offline. A form
 
 import html
 import re
+import sys
 from pathlib import Path
 
 
@@ -61,3 +62,18 @@ def on_config(config, **kwargs):
         if isinstance(item, dict) and item.get("API reference") == "api/":
             config["nav"][i] = {"API reference": pages(docs / "api")}
     return config
+
+
+def on_page_markdown(markdown, page, config, **kwargs):
+    """gallery.md is generated from the recipes' committed outputs (docs/_ext/gallery.py)."""
+    if page.file.src_uri != "gallery.md":
+        return markdown
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        import gallery
+    finally:
+        sys.path.pop(0)
+    try:
+        return gallery.render(Path(config["docs_dir"]) / "gallery")
+    except (OSError, KeyError, ValueError) as err:
+        raise PluginError(f"gallery.md: {err}") from err
