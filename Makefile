@@ -8,12 +8,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # Two workers: the suite is mostly Python-bound tracing, and CI machines have 2 cores.
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test test-tf test-jax test-torch lint bench clean
+.PHONY: install demo test test-tf test-jax test-torch lint docs docs-check dist bench clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes]"
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev,tensorflow,jax,torch,recipes,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,10 +33,22 @@ test-jax: install
 test-torch: install
 	KERAS_BACKEND=torch $(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint test-tf test-jax test-torch
+# The site, strictly: a broken link, a missing reference or math that does not render fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Opens the built site in headless Chromium (Debian's `chromium`), screenshots in site-check/.
+docs-check: docs
+	$(PY) docs/_ext/browser_check.py site site-check
+
+# The wheel and sdist users would get, checked as PyPI would.
+dist: install
+	rm -rf dist && $(PY) -m build --outdir dist . && $(VENV)/bin/twine check --strict dist/*
+
+test: lint docs test-tf test-jax test-torch
 
 bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache runs
+	rm -rf $(VENV) build dist site site-check src/*.egg-info .pytest_cache runs
