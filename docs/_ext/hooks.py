@@ -51,11 +51,16 @@ def on_config(config, **kwargs):
     page is adding one file, `docs/api/<module>.md` containing `::: losskit.<module>`."""
     docs = Path(config["docs_dir"])
 
+    def title(page):  # api/losses/regression.md -> losskit.losses.regression
+        parts = page.relative_to(docs / "api").with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "index" else parts
+        return ".".join(("losskit", *parts)) if parts != ("losskit",) else "losskit"
+
     def pages(folder):
         files = sorted(folder.glob("*.md"), key=lambda p: (p.name != "index.md", p.name))
-        entries = [str(p.relative_to(docs)) for p in files]
+        entries = [{title(p): str(p.relative_to(docs))} for p in files]
         for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-            entries.append({f"losskit.{sub.name}": pages(sub)})
+            entries.append({title(sub / "index.md"): pages(sub)})
         return entries
 
     for i, item in enumerate(config["nav"]):
