@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/losskit run all
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples docs/_ext
 
 test-tf: install
 	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS)

@@ -72,7 +72,7 @@ def test_every_exported_name_is_on_its_page_with_a_docstring():
 
 
 def test_rst_math_becomes_arithmatex():
-    text = ("Huber: :math:`\\tfrac12 e^2` for `x`.\n\n    .. math:: a = b\n       + c\n\n    After.")
+    text = "Huber: :math:`\\tfrac12 e^2` for `x`.\n\n    .. math:: a = b\n       + c\n\n    After."
     out = griffe_math.rst_math_to_arithmatex(text)
     assert "\\(\\tfrac12 e^2\\)" in out
     assert "    \\[\n    a = b + c\n    \\]" in out

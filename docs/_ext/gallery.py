@@ -72,7 +72,7 @@ def render(gallery_dir):
         folder = gallery_dir / name
         result_file = folder / "result.json"
         if not result_file.exists():
-            raise FileNotFoundError(f"gallery: no committed output for recipe {name!r}: {result_file}")
+            raise FileNotFoundError(f"gallery: recipe {name!r} has no committed {result_file}")
         result = json.loads(result_file.read_text())
         title, body = question(module_file)
         config = result.get("config", {})

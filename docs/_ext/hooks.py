@@ -12,7 +12,6 @@ import re
 import sys
 from pathlib import Path
 
-
 from latex2mathml.converter import convert
 from mkdocs.exceptions import PluginError
 
@@ -39,10 +38,8 @@ def on_page_content(html_text, page, **kwargs):
     text_only = re.sub(r"<(pre|code)\b.*?</\1>", "", rendered, flags=re.S)
     leftover = LEFTOVER.search(text_only)
     if leftover:
-        start = max(leftover.start() - 80, 0)
-        raise PluginError(
-            f"{page.file.src_uri}: math left unrendered near {text_only[start:leftover.end() + 80]!r}"
-        )
+        near = text_only[max(leftover.start() - 80, 0) : leftover.end() + 80]
+        raise PluginError(f"{page.file.src_uri}: math left unrendered near {near!r}")
     return rendered
 
 
