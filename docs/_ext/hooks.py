@@ -54,7 +54,8 @@ def on_config(config, **kwargs):
         return ".".join(("losskit", *parts)) if parts != ("losskit",) else "losskit"
 
     def pages(folder):
-        files = sorted(folder.glob("*.md"), key=lambda p: (p.name != "index.md", p.name))
+        first = ("index.md", "losskit.md")
+        files = sorted(folder.glob("*.md"), key=lambda p: (p.name not in first, p.name))
         entries = [{title(p): str(p.relative_to(docs))} for p in files]
         for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
             entries.append({title(sub / "index.md"): pages(sub)})
