@@ -30,12 +30,16 @@ def recipes():
 
 
 def question(module_file):
-    """The recipe's docstring: its title line and the paragraphs before the first list."""
+    """The recipe's docstring: its title line, and its setting (every paragraph but the closing
+    "Copy this file ..." invitation)."""
     doc = ast.get_docstring(ast.parse(module_file.read_text())) or ""
-    paragraphs = [p.strip() for p in doc.split("\n\n") if p.strip()]
-    return paragraphs[0].replace("\n", " "), [
-        p.replace("``", "`").replace("\n", " ") for p in paragraphs[1:2]
-    ]
+    paragraphs = [p.strip().replace("``", "`") for p in doc.split("\n\n") if p.strip()]
+    body = []
+    for p in paragraphs[1:]:
+        if p.startswith("Copy this file"):
+            continue
+        body += [p if p.startswith("- ") else p.replace("\n", " "), ""]
+    return paragraphs[0].replace("\n", " "), body
 
 
 def cell(summary):
@@ -57,6 +61,18 @@ def table(metrics):
     return lines
 
 
+def older_run(name, title, body, images_dir):
+    """A recipe whose full-run outputs are not committed yet: its plots of an earlier full run
+    (docs/images/<recipe>_*.png, the ones docs/recipes.md shows) and where its numbers are."""
+    plots = sorted(images_dir.glob(f"{name}_*.png"))
+    if not plots:
+        raise FileNotFoundError(f"gallery: recipe {name!r} has no committed outputs at all")
+    out = [f"## `{name}`", "", f"**{title}**", "", *body, ""]
+    out += [f"*Plots of an earlier full run; its result table is in [Recipes](recipes.md) "
+            f"(no `result.json` committed under `docs/gallery/{name}/` yet).*", ""]
+    return out + [f"![{name}: {p.stem}](images/{p.name})" for p in plots] + [""]
+
+
 def render(gallery_dir):
     """The gallery page's Markdown; `gallery_dir` is docs/gallery/."""
     out = [
@@ -71,10 +87,11 @@ def render(gallery_dir):
     for name, module_file in recipes().items():
         folder = gallery_dir / name
         result_file = folder / "result.json"
-        if not result_file.exists():
-            raise FileNotFoundError(f"gallery: recipe {name!r} has no committed {result_file}")
-        result = json.loads(result_file.read_text())
         title, body = question(module_file)
+        if not result_file.exists():
+            out += older_run(name, title, body, gallery_dir.parent / "images")
+            continue
+        result = json.loads(result_file.read_text())
         config = result.get("config", {})
         seeds = len(result.get("seeds") or []) or config.get("seeds")
         out += [f"## `{name}`", "", f"**{title}**", "", *body, ""]
@@ -93,3 +110,29 @@ def render(gallery_dir):
             out += [f"![{name}: {Path(plot).stem}](gallery/{name}/{plot})", ""]
     out += ["## How these outputs were made", "", (gallery_dir / "README.md").read_text()]
     return "\n".join(out)
+
+
+def import_run(runs_dir, gallery_dir):
+    """Copies each recipe's outputs of a full run into docs/gallery/: its PNG plots and its
+    result.json without the per-epoch history (the plots show it; it is most of the file)."""
+    for name in recipes():
+        result_file = Path(runs_dir) / name / "result.json"
+        if not result_file.exists():
+            print(f"{name}: no {result_file}, skipped")
+            continue
+        result = json.loads(result_file.read_text())
+        if result.get("config", {}).get("quick"):
+            raise SystemExit(f"{result_file}: a --quick run; the gallery shows full runs")
+        result.pop("history", None)
+        target = Path(gallery_dir) / name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        for plot in result.get("plots") or []:
+            (target / plot).write_bytes((result_file.parent / plot).read_bytes())
+        print(f"{name}: result.json and {len(result.get('plots') or [])} plots -> {target}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    import_run(sys.argv[1] if len(sys.argv) > 1 else "runs", ROOT / "docs" / "gallery")
