@@ -39,6 +39,7 @@ docs: install
 
 # Opens the built site in headless Chromium (Debian's `chromium`), screenshots in site-check/.
 docs-check: docs
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[browser]"
 	$(PY) docs/_ext/browser_check.py site site-check
 
 # The wheel and sdist users would get, checked as PyPI would.
