@@ -77,3 +77,12 @@ def test_rst_math_becomes_arithmatex():
     assert "\\(\\tfrac12 e^2\\)" in out
     assert "    \\[\n    a = b + c\n    \\]" in out
     assert ":math:" not in out and ".. math::" not in out and out.endswith("    After.")
+
+
+def test_math_that_would_not_render_is_refused():
+    hooks = importlib.import_module("hooks")
+    convert = importlib.import_module("latex2mathml.converter").convert
+    good = r"\rho(e) = \frac{|\alpha - 2|}{\alpha}\left[\left(\frac{(e/c)^2}{|\alpha-2|} + 1\right)^{\alpha/2} - 1\right]"  # noqa: E501
+    assert hooks._problem(good, convert(good)) is None
+    assert hooks._problem(r"\frac{a", convert(r"\frac{a")) == "unbalanced braces"
+    assert hooks._problem(r"\foo x", convert(r"\foo x")) == r"unknown command \foo"

@@ -11,6 +11,7 @@ import html
 import re
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 from latex2mathml.converter import convert
 from mkdocs.exceptions import PluginError
@@ -23,13 +24,40 @@ MATH = re.compile(
 LEFTOVER = re.compile(r":math:`|\.\. math::|\\\(|\\\[")
 
 
+# MathML elements and the number of children each must have.
+ARITY = {"mfrac": 2, "msup": 2, "msub": 2, "msubsup": 3, "mover": 2, "munder": 2,
+         "munderover": 3, "mroot": 2}
+
+
+def _problem(tex, mathml):
+    """Why `mathml` is not a faithful rendering of `tex`, or None. latex2mathml is lenient: an
+    unknown command becomes the text `\\foo` and a missing brace a fraction with one part."""
+    depth = 0
+    for char in re.sub(r"\\[{}]", "", tex):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return "unbalanced braces"
+    if depth:
+        return "unbalanced braces"
+    for element in ElementTree.fromstring(mathml).iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag in ARITY and len(element) != ARITY[tag]:
+            return f"<{tag}> with {len(element)} parts instead of {ARITY[tag]}"
+        if tag in ("mi", "mo", "mtext") and (element.text or "").startswith("\\"):
+            return f"unknown command {element.text}"
+    return None
+
+
 def _to_mathml(match, page):
     tex = html.unescape(match["inline"] if match["inline"] is not None else match["block"])
     display = "block" if match["block"] is not None else "inline"
     try:
         mathml = convert(tex.strip(), display=display)
+        problem = _problem(tex, mathml)
     except Exception as err:  # latex2mathml raises several exception types
-        raise PluginError(f"{page.file.src_uri}: cannot render math {tex!r}: {err}") from err
+        problem = str(err) or type(err).__name__
+    if problem:
+        raise PluginError(f"{page.file.src_uri}: cannot render math {tex!r}: {problem}")
     return f'<span class="math math-{display}">{mathml}</span>'
 
 
