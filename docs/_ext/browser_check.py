@@ -59,6 +59,7 @@ def serve(root):
 
 
 def check(site, shots):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,9 +105,14 @@ def check(site, shots):
             page.close()
         if not failures:  # the search index loads and answers
             page = browser.new_page()
-            page.goto(base + "index.html", wait_until="networkidle")
-            page.fill("input.md-search__input", "huber")
-            page.wait_for_selector(".md-search-result__item", timeout=10000)
+            with page.expect_response("**/search/search_index.json", timeout=60000):
+                page.goto(base + "index.html", wait_until="networkidle")
+            page.click("label.md-search__icon, input.md-search__input")
+            page.keyboard.type("huber", delay=50)
+            try:  # the index is built in a web worker: slow on a busy machine
+                page.wait_for_selector(".md-search-result__item", timeout=60000)
+            except PlaywrightTimeout:
+                pass
             hits = page.locator(".md-search-result__item").count()
             page.screenshot(path=str(shots / "search.png"))
             report.append(f"search    'huber' -> {hits} results")
