@@ -8,6 +8,7 @@ from losskit.model import ObjectiveModel
 from losskit.objective import Objective
 from losskit.term import Term
 
+# The one place the version is written: pyproject.toml reads it (setuptools `attr:`).
 __version__ = "0.1.0"
 
 __all__ = [

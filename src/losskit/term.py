@@ -101,7 +101,7 @@ class Term:
             parameters named like Term's own keywords (`weight`, `name`, `inputs`) and for
             string constants (`{"mode": "categorical"}`): a string in `inputs` that is not a
             valid source is a constant.
-        **sources: `parameter="source"` for each tensor parameter. `y_true` and `y_pred` default to
+        **sources_: `parameter="source"` for each tensor parameter. `y_true` and `y_pred` default to
             `"y"` and `"pred"`; parameters with defaults keep them. A string must be a valid
             source; numbers, booleans and None are constants (`from_logits=True`).
 

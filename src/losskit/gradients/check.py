@@ -253,7 +253,9 @@ def check_gradients(
             `None` for it (labels), whether `fn` is that function or calls it: training gives
             them no gradient by design, so a difference from autodiff there is no failure.
             Pass `wrt` explicitly to check such an input anyway, or to skip others.
-        eps, atol, rtol: finite-difference step and tolerances (see above).
+        eps: finite-difference step (see above).
+        atol: absolute tolerance (see above).
+        rtol: relative tolerance (see above).
         dtype: dtype of the training and autodiff gradients (finite differences are float64).
         seed: seed of the random output weighting.
         raise_on_error: raise `GradientCheckError` with the report's text when a check fails.

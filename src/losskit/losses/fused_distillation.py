@@ -171,9 +171,11 @@ def fused_linear_distillation(
 
     Args:
         student_hidden: `(..., H_s)` float tensor.
-        student_weight / student_kernel: the student's projection.
+        student_weight: the student's `(V, H_s)` projection; exactly one of it and `student_kernel`.
         teacher_hidden: `(..., H_t)` float tensor, same leading shape.
-        teacher_weight / teacher_kernel: the teacher's projection.
+        teacher_weight: the teacher's `(V, H_t)` projection; exactly one of it and `teacher_kernel`.
+        student_kernel: the student's `(H_s, V)` projection (a `Dense` kernel), instead.
+        teacher_kernel: the teacher's `(H_t, V)` projection, instead.
         labels: optional `(...)` integer labels, only used to skip `ignore_index` tokens.
         temperature: `T > 0`.
         divergence: `"kl"` or `"jsd"`.

@@ -248,10 +248,11 @@ def plot(out_dir, summaries, naive, data, probs):
     # The loss as the true-class probability goes to 0: naive hits Inf, losskit/Keras clip.
     # Two classes: the true one at probability p, the other at 1 - p.
     p = np.concatenate([np.logspace(-12, 0, 200), [0.0]]).astype("float32")
-    probs = np.stack([p, 1.0 - p], axis=-1)
+    # Not `probs`: that name holds the test predictions plotted below.
+    two_class = np.stack([p, 1.0 - p], axis=-1)
     y = np.tile(np.array([[1.0, 0.0]], "float32"), (len(p), 1))
-    naive_curve = ops.convert_to_numpy(naive_categorical_crossentropy(y, probs))
-    ours = ops.convert_to_numpy(losses.categorical_crossentropy(y, probs))
+    naive_curve = ops.convert_to_numpy(naive_categorical_crossentropy(y, two_class))
+    ours = ops.convert_to_numpy(losses.categorical_crossentropy(y, two_class))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(p[:-1], naive_curve[:-1], label="naive -sum(y log p)", lw=3, alpha=0.5)
     ax.plot(p[:-1], ours[:-1], "k--", label="losskit (clipped at epsilon)")
