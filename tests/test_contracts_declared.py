@@ -245,6 +245,30 @@ def test_term_accepts_what_keras_accepts_with_keras_value(case):
     np.testing.assert_allclose(np_(total), expected, rtol=1e-5)
 
 
+def _plain_sparse_ce(y_true, y_pred):
+    """A user's own sparse cross-entropy: integer class indices of `y_pred.shape[:-1]`."""
+    return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
+@pytest.mark.parametrize(
+    "t_shape, p_shape", [((8,), (8, 4)), ((8, 1), (8, 4)), ((8, 5), (8, 5, 4))]
+)
+def test_plain_function_with_class_indices_is_accepted_as_keras_does(t_shape, p_shape):
+    # Keras's compile(loss=fn) hands such a function its integer labels as they are.
+    y = rng.integers(0, p_shape[-1], size=t_shape)
+    p = rng.dirichlet(np.ones(p_shape[-1]), size=p_shape[:-1]).astype("float32")
+    expected = np.mean(np_(_plain_sparse_ce(ops.convert_to_tensor(y), ops.convert_to_tensor(p))))
+    total, _ = losskit.Objective([losskit.Term(_plain_sparse_ce, name="ce")])({}, y, p)
+    np.testing.assert_allclose(np_(total), expected, rtol=1e-5)
+
+
+def test_plain_function_with_float_labels_of_another_shape_raises():
+    y = rng.integers(0, 4, size=(8, 5)).astype("float32")  # not class indices: floats
+    p = rng.dirichlet(np.ones(4), size=(8, 5)).astype("float32")
+    with pytest.raises(ValueError, match=r"Term 'ce'.*\(8, 5\).*\(8, 5, 4\)"):
+        losskit.Objective([losskit.Term(_plain_sparse_ce, name="ce")])({}, y, p)
+
+
 # ------------------------------------------------------------------- 4. sample weights
 
 

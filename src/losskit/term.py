@@ -45,8 +45,10 @@ def _shape_rule(fn):
     "sparse" (class indices of `y_pred.shape[:-1]`) or None (the function checks its own).
 
     The per-sample contract holds for every function: a losskit loss declares its rule, a Keras
-    built-in has Keras's, and any other function or Loss takes "same" unless it carries
-    `sparse_labels = True` (as `@losskit.loss(sparse_labels=True)` classes do)."""
+    built-in has Keras's, and any other function or Loss is "sparse" if it carries
+    `sparse_labels = True` (as `@losskit.loss(sparse_labels=True)` classes do), else "infer":
+    integer labels of `y_pred.shape[:-1]` are class indices (Keras passes them to such a function
+    as they are), anything else must have `y_pred`'s shape."""
     if isinstance(fn, FunctionLoss):
         return "sparse" if fn.sparse_labels else "same"
     if getattr(fn, "sparse_labels", False):
@@ -56,7 +58,17 @@ def _shape_rule(fn):
     inner = getattr(fn, "fn", fn) if isinstance(fn, keras.losses.Loss) else fn
     if getattr(inner, "__module__", "").startswith("keras."):
         return _KERAS_SHAPES.get(getattr(inner, "__name__", None), "same")
-    return "same"
+    return "infer"
+
+
+def _class_indices(y_true, y_pred):
+    """Integer labels shaped as `y_pred` without its last axis (a trailing 1 allowed)."""
+    t, p = tuple(y_true.shape), tuple(y_pred.shape)
+    if "int" not in keras.backend.standardize_dtype(y_true.dtype) or not p or p[-1] == 1:
+        return False  # one output per sample: (N,) against (N, 1) is aligned, not indices
+    if len(t) == len(p) and t and t[-1] == 1 and p[-1] != 1:
+        t = t[:-1]
+    return len(t) == len(p) - 1 and all(a is None or b is None or a == b for a, b in zip(t, p))
 
 
 def _check_weight(name, weight):
@@ -257,9 +269,10 @@ class Term:
             return _keras.squeeze_or_expand_to_same_rank(y_true, y_pred)
         # Shapes that differ other than by a trailing 1 raise here, at trace time: a Keras
         # function would broadcast (8, 2) against (8, 1) and train on the wrong loss.
-        return _contract.align(
-            f"Term '{self.name}'", y_true, y_pred, sparse_labels=self._shapes == "sparse"
+        sparse = self._shapes == "sparse" or (
+            self._shapes == "infer" and _class_indices(y_true, y_pred)
         )
+        return _contract.align(f"Term '{self.name}'", y_true, y_pred, sparse_labels=sparse)
 
     def get_config(self):
         return {
