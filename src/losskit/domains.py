@@ -155,13 +155,21 @@ def _boolean(value):
 
 
 boolean = Domain("True or False", _boolean)
+"""True or False (a Python or NumPy bool)."""
 finite = interval()
+"""Any finite number."""
 positive = interval(0, low_closed=False)
+"""A finite number > 0 (e.g. Huber's `delta`)."""
 nonnegative = interval(0)
+"""A finite number >= 0 (e.g. a z-loss weight)."""
 probability = interval(0, 1)
+"""A number in [0, 1]."""
 integer = interval(integral=True)
+"""A whole number (e.g. `ignore_index`)."""
 positive_integer = interval(1, integral=True)
+"""A whole number >= 1 (e.g. a chunk size)."""
 nonnegative_integer = interval(0, integral=True)
+"""A whole number >= 0."""
 
 
 def validate(owner, declared, values):
