@@ -246,7 +246,7 @@ class Term:
         try:
             return (fn or self._target)(**tensors, **{**self._call_constants, **overrides})
         except Exception as error:  # noqa: BLE001 - re-raised with the term's name
-            raise _named(error, f"Term '{self.name}'") from error
+            raise _contract.named(error, f"Term '{self.name}'") from error
 
     def kept(self, tensors):
         """For a term that `reduces_itself`: the positions its values would have, true where
@@ -323,13 +323,3 @@ def _serialize_fn(term, fn):
                 f"as Keras-serializable, so a saved model could not be loaded back. {fix}"
             )
     return config
-
-
-def _named(error, owner):
-    """`error` with `owner` in front of its message, same type (or as is if that fails)."""
-    if str(error).startswith(owner):
-        return error
-    try:
-        return type(error)(f"{owner}: {error}")
-    except Exception:  # noqa: BLE001 - exception types with other constructors keep their text
-        return error
