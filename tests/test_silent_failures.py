@@ -331,8 +331,8 @@ def bare_recipe(monkeypatch):
     [
         ("scale=abc", "bare-recipe: option scale must be a number, got 'abc'"),
         ("scale=NaN", "bare-recipe: option scale must be a finite number, got nan"),
-        ("hidden=2.5", "bare-recipe: option hidden must be an integer, got 2.5"),
-        ("hidden=true", "bare-recipe: option hidden must be a number, got True"),
+        ("hidden=2.5", "bare-recipe: option hidden must be an integer >= 1, got 2.5"),
+        ("hidden=true", "bare-recipe: option hidden must be an integer >= 1, got True"),
         ("plot=1", "bare-recipe: option plot must be true or false, got 1"),
     ],
 )
@@ -353,7 +353,7 @@ def test_cli_bad_option_value_of_a_real_recipe(tmp_path, capsys):
     code = cli.main(["run", "airfoil-huber", "--out", str(tmp_path), "-o", "delta=abc"])
     err = capsys.readouterr().err
     assert code != 0
-    assert "losskit: airfoil-huber: option delta must be a number, got 'abc'" in err
+    assert "losskit: airfoil-huber: option delta must be a finite number > 0, got 'abc'" in err
     assert "Traceback" not in err
 
 
