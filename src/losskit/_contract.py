@@ -184,13 +184,15 @@ def nan_if_any(invalid, total):
 
 
 def named(error, owner):
-    """`error` with `owner` in front of its message, same type (or as is if that fails)."""
+    """`error` with `owner` in front of its message: the same type where that type is made from a
+    message alone, else a `ValueError` (TensorFlow's `OpError`s take a graph node and an op too,
+    and would otherwise reach the user naming no loss); the caller chains the original."""
     if str(error).startswith(owner):
         return error
     try:
         return type(error)(f"{owner}: {error}")
-    except Exception:  # noqa: BLE001 - exception types with other constructors keep their text
-        return error
+    except Exception:  # noqa: BLE001 - any other constructor
+        return ValueError(f"{owner}: {type(error).__name__}: {error}")
 
 
 def keep_nan(values, *inputs):
