@@ -92,3 +92,11 @@ def test_math_that_would_not_render_is_refused():
     assert hooks._problem(good, convert(good)) is None
     assert hooks._problem(r"\frac{a", convert(r"\frac{a")) == "unbalanced braces"
     assert hooks._problem(r"\foo x", convert(r"\foo x")) == r"unknown command \foo"
+
+
+def test_api_pages_show_each_library_loss_declared_domains():
+    # Written into the docstring at import time (losses._common.register), so the griffe
+    # extension reads it from the imported function rather than from the source.
+    section = griffe_math.runtime_domains("losskit.losses.regression.huber")
+    assert section.startswith(griffe_math.DOMAINS) and "`delta`: a number > 0" in section
+    assert griffe_math.runtime_domains("losskit.schedules.Linear") is None

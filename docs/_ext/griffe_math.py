@@ -5,6 +5,8 @@ losskit's docstrings are Markdown with two reStructuredText math forms, `:math:`
 `\\[X\\]`, which `pymdownx.arithmatex` keeps verbatim and `docs/_ext/hooks.py` turns into MathML.
 """
 
+import importlib
+import inspect
 import re
 
 import griffe
@@ -54,8 +56,28 @@ def loss_class_docstring(attribute):
     )
 
 
+DOMAINS = "Parameter domains ("
+
+
+def runtime_domains(path):
+    """The "Parameter domains" section `losskit.losses._common.register` appends to a library
+    loss's docstring at import time (from its declared domains), which static analysis cannot
+    see; None for anything else."""
+    module, _, name = path.rpartition(".")
+    try:
+        doc = inspect.getdoc(getattr(importlib.import_module(module), name)) or ""
+    except (ImportError, AttributeError):
+        return None
+    start = doc.find(DOMAINS)
+    return doc[start:] if start >= 0 else None
+
+
 class RstMath(griffe.Extension):
     def on_instance(self, *, obj, **kwargs):
+        if obj.is_function and obj.path.startswith("losskit.losses.") and obj.docstring:
+            section = runtime_domains(obj.path)
+            if section and DOMAINS not in obj.docstring.value:
+                obj.docstring.value = f"{obj.docstring.value}\n\n{section}"
         if obj.docstring is None and obj.is_attribute:
             text = loss_class_docstring(obj)
             if text:
