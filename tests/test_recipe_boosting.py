@@ -45,7 +45,7 @@ def test_custom_logistic_nll_equals_the_builtin_objective(result):
 
 def test_bad_option_is_a_recipe_error(tmp_path):
     config = RecipeConfig(out_dir=tmp_path, quick=True, options={"delta": -1.0}, verbose=0)
-    with pytest.raises(RecipeError, match="delta must be positive"):
+    with pytest.raises(RecipeError, match=r"delta must be a finite number > 0, got -1.0"):
         report.run_recipe("boosting", config)
 
 

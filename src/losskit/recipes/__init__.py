@@ -99,6 +99,8 @@ DOMAINS = {
     "train_size": ("int", 1, None, False, False),
     "test_size": ("int", 1, None, False, False),
     "n_train": ("int", 2, None, False, False),
+    "max_depth": ("int", 1, None, False, False),
+    "threads": ("int", 1, None, False, False),
     "learning_rate": ("float", 0, None, True, False),
     "delta": ("float", 0, None, True, False),
     "tolerance": ("float", 0, None, True, False),
@@ -111,6 +113,9 @@ DOMAINS = {
     "spike_high_db": ("float", 0, None, False, False),
     "corruption": ("float", 0, 1, False, True),
     "anneal_fraction": ("float", 0, 1, True, False),
+    "cagrad_c": ("float", 0, None, False, False),
+    "famo_learning_rate": ("float", 0, None, True, False),
+    "famo_gamma": ("float", 0, None, False, False),
 }
 
 
