@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -354,3 +355,65 @@ def test_non_finite_gradient_fails_the_check():
 
     report = losskit.check_gradients(nan_rule, np.ones((2, 2), "float32"))
     assert not report.ok
+
+
+def asymmetric_squared(y_true, y_pred, alpha=0.3):
+    """The issue's loss: Python-float constants times a tensor with the tensor's `*`."""
+    e = y_pred - y_true
+    return ops.where(e > 0, alpha, 1.0 - alpha) * e**2
+
+
+def test_check_gradients_python_float_constants_follow_the_input_dtype():
+    # TensorFlow refused `float32 constant * float64 tensor` ("cannot compute Mul ... double");
+    # the float64 checks now make Python floats float64 as well, on every backend.
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(4, 3)).astype("float32")
+    p = (y + rng.choice([-1.0, 1.0], size=y.shape) * rng.uniform(0.2, 1.0, size=y.shape)).astype(
+        "float32"
+    )
+    report = losskit.check_gradients(asymmetric_squared, y, p, raise_on_error=True)
+    assert [c.checked for c in report.inputs] == [True, True]
+    assert max(report.max_abs_error) < 1e-8
+    # the training gradient itself, against the closed form 2 w e (w = alpha where e > 0)
+    e = p.astype(np.float64) - y
+    _, (_, g) = value_and_grad(asymmetric_squared, y, p)
+    np.testing.assert_allclose(g, 2 * np.where(e > 0, 0.3, 0.7) * e, rtol=1e-5, atol=1e-6)
+
+
+def test_check_gradients_leaves_floatx_unchanged_also_after_an_error():
+    before = keras.config.floatx()
+    seen = []
+
+    def spy(x):
+        seen.append(keras.config.floatx())
+        return ops.softplus(x)
+
+    losskit.check_gradients(spy, np.ones(2, "float32"), raise_on_error=True)
+    assert "float64" in seen and keras.config.floatx() == before
+
+    def fails(x):
+        raise RuntimeError("inside the check")
+
+    with pytest.raises(RuntimeError, match="inside the check"):
+        losskit.check_gradients(fails, np.ones(2, "float32"))
+    assert keras.config.floatx() == before
+    with pytest.raises(ValueError, match="float32"):
+        losskit.check_gradients(lambda x: ops.cast(x, "float32"), np.ones(2, "float32"))
+    assert keras.config.floatx() == before
+
+
+@pytest.mark.parametrize("shape", [(1,), (2, 3)])
+def test_wrong_shape_gradient_names_the_function_input_and_shapes(shape):
+    # TensorFlow returned the wrong shape silently, torch summed (2, 3) down to (3,) silently
+    # and raised its raw "returned an invalid gradient" for (1,).
+    @losskit.custom_gradient
+    def bad_shape(x):
+        def grad_fn(upstream):
+            return (ops.ones(shape, dtype=x.dtype),)
+
+        return ops.softplus(x), grad_fn
+
+    x = np.ones(3, "float32")
+    message = rf"'bad_shape'.*shape {re.escape(str(shape))} for input 'x' of shape \(3,\)"
+    with pytest.raises(ValueError, match=message):
+        value_and_grad(bad_shape, x)

@@ -63,22 +63,17 @@ def _fit_sample_weight(term, sample_weight, values):
 
 
 def _term_sample_weight(term, sample_weight):
-    """The sample weights of `term` when Keras hands one per label key (`y` a dict: Keras copies
-    a single `sample_weight` array to every key). A term reading label `"y.<key>"` takes that
-    key's weights; any other term takes the first key's, which are the same array whenever a
-    single array was given."""
+    """The sample weights of `term` when they come per label key (`y` a dict; Keras's array
+    adapter copies a single `sample_weight` array to every key). A term takes the weights of the
+    first label key it reads, in parameter order, and the first key's if it reads none: the same
+    array whenever a single array was given. Different per-key weights for a term reading
+    several keys or none cannot be refused: in a compiled step their values are not known."""
     if not isinstance(sample_weight, dict):
         return sample_weight
     given = {k: w for k, w in sample_weight.items() if w is not None}
     if not given:
         return None
-    read = sorted({s.key for s in term.sources.values() if s.kind == "y" and s.key in given})
-    if len(read) > 1:
-        raise ValueError(
-            f"Term '{term.name}': sample_weight is given per label key {sorted(given)} and the "
-            f"term reads labels {['y.' + k for k in read]}, so which weights apply is ambiguous. "
-            "Pass one sample_weight array, or split the term."
-        )
+    read = [s.key for s in term.sources.values() if s.kind == "y" and s.key in given]
     return given[read[0]] if read else next(iter(given.values()))
 
 

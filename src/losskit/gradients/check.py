@@ -1,6 +1,7 @@
 """`check_gradients`: the gradient training uses against autodiff of the plain forward pass and
 float64 central finite differences."""
 
+import contextlib
 import dataclasses
 import inspect
 
@@ -11,6 +12,17 @@ from keras import ops
 from losskit import backend
 from losskit.gradients.autodiff import value_and_grad
 from losskit.gradients.custom import declared_none_as_nan, plain_autodiff
+
+
+@contextlib.contextmanager
+def _floatx(dtype):
+    """`keras.config.floatx()` set to `dtype` (a floating dtype) inside the context."""
+    saved = keras.config.floatx()
+    keras.config.set_floatx(str(np.dtype(dtype)))
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved)
 
 
 @dataclasses.dataclass
@@ -244,6 +256,11 @@ def check_gradients(
     kinks (|x| of an abs, the Huber threshold), where finite differences are meaningless, and keep
     inputs small: finite differences cost two evaluations per element.
 
+    Each computation runs with `keras.config.floatx()` set to its inputs' dtype, so Python-float
+    constants in `fn` (`ops.where(e > 0, alpha, 1.0 - alpha) * e**2`) follow the inputs as they
+    do in float32 training. floatx is a process-wide Keras setting: it is restored when the check
+    returns or raises, but do not build layers in another thread while a check runs.
+
     Args:
         fn: a function of tensors returning a tensor (per-sample losses, a scalar, ...). Pass a
             loss's function (`Huber.fn` or `losskit.losses.huber`), not a float32 `Loss` instance.
@@ -270,11 +287,15 @@ def check_gradients(
     names = _parameter_names(fn, len(arrays))
     fn_name = getattr(fn, "__name__", type(fn).__name__)
 
-    with backend.float64_scope():
+    # Python-float constants in `fn` (`ops.where(e > 0, alpha, 1 - alpha)`) become tensors of
+    # `floatx`, so each computation runs with `floatx` set to its inputs' dtype: TensorFlow
+    # refuses float32 constants times float64 tensors.
+    with backend.float64_scope(), _floatx("float64"):
         cast = [a.astype(dtype) if f else a for a, f in zip(arrays, floating)]
         f64 = [a.astype(np.float64) if f else a for a, f in zip(arrays, floating)]
         tensors = [ops.convert_to_tensor(a) for a in cast]
-        declared = _declared_none(fn, tensors)
+        with _floatx(dtype):
+            declared = _declared_none(fn, tensors)
 
         with plain_autodiff():
             value = ops.convert_to_numpy(fn(*[ops.convert_to_tensor(a) for a in f64]))
@@ -290,13 +311,14 @@ def check_gradients(
         def weighted(*args):
             return ops.multiply(fn(*args), ops.convert_to_tensor(weights.astype(dtype)))
 
-        _, training = value_and_grad(weighted, *cast)
-        if wrt is None:
-            declared |= _without_declared_gradient(weighted, cast, training)
-            wrt = [i for i, f in enumerate(floating) if f and i not in declared]
-        wrt = sorted(int(i) for i in wrt)
-        with plain_autodiff():
-            _, autodiff = value_and_grad(weighted, *cast)
+        with _floatx(dtype):
+            _, training = value_and_grad(weighted, *cast)
+            if wrt is None:
+                declared |= _without_declared_gradient(weighted, cast, training)
+                wrt = [i for i, f in enumerate(floating) if f and i not in declared]
+            wrt = sorted(int(i) for i in wrt)
+            with plain_autodiff():
+                _, autodiff = value_and_grad(weighted, *cast)
 
         forward = _compiled_if_traceable(fn)
 

@@ -58,9 +58,9 @@ def is_tensor_like(value):
 
 
 def _binder(f):
-    """Returns `bind(args, kwargs) -> (values, call)`: the call's arguments in signature order,
-    and `call(values)` calling `f` with replaced values. Functions with `*args`/`**kwargs` are
-    called positionally."""
+    """Returns `bind(args, kwargs) -> (values, call, names)`: the call's arguments in signature
+    order, `call(values)` calling `f` with replaced values, and the arguments' names. Functions
+    with `*args`/`**kwargs` are called positionally."""
     try:
         signature = inspect.signature(f)
     except (TypeError, ValueError):
@@ -76,7 +76,8 @@ def _binder(f):
                     f"losskit.custom_gradient '{f.__name__}' takes *args/**kwargs, so it must be "
                     "called with positional tensors only."
                 )
-            return list(args), lambda values: f(*values)
+            names = [f"argument {i}" for i in range(len(args))]
+            return list(args), lambda values: f(*values), names
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         names = list(bound.arguments)
@@ -85,9 +86,15 @@ def _binder(f):
             bound.arguments.update(zip(names, values))
             return f(*bound.args, **bound.kwargs)
 
-        return list(bound.arguments.values()), call
+        return list(bound.arguments.values()), call, names
 
     return bind
+
+
+def _same_shape(a, b):
+    """Whether static shapes `a` and `b` agree wherever both are known."""
+    a, b = tuple(a), tuple(b)
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
 def custom_gradient(f):
@@ -124,7 +131,7 @@ def custom_gradient(f):
     def wrapper(*args, **kwargs):
         if _active("plain"):
             return f(*args, **kwargs)[0]
-        values, call = bind(args, kwargs)
+        values, call, names = bind(args, kwargs)
         tensor_pos = [i for i, v in enumerate(values) if is_tensor_like(v)]
         values = [ops.convert_to_tensor(v) if i in tensor_pos else v for i, v in enumerate(values)]
         wrt = [i for i in tensor_pos if is_floating_dtype(values[i].dtype)]
@@ -153,12 +160,21 @@ def custom_gradient(f):
                         f"{len(grads)} gradient(s) for {len(tensor_pos)} tensor input(s); return "
                         "one per input (None for inputs without a gradient)."
                     )
-                def cast(g, x):
-                    if g is not None:
-                        return ops.cast(g, x.dtype)
-                    return ops.full_like(x, float("nan")) if none_as_nan else None
+                def cast(g, x, name):
+                    if g is None:
+                        return ops.full_like(x, float("nan")) if none_as_nan else None
+                    g = ops.cast(g, x.dtype)
+                    if not _same_shape(g.shape, x.shape):
+                        # Checked here on every backend: TensorFlow would broadcast the
+                        # gradient silently, torch and JAX raise naming neither f nor the input.
+                        raise ValueError(
+                            f"losskit.custom_gradient '{f.__name__}': grad_fn returned a "
+                            f"gradient of shape {tuple(g.shape)} for input '{name}' of shape "
+                            f"{tuple(x.shape)}; each gradient must have its input's shape."
+                        )
+                    return g
 
-                return [cast(by_position[i], x) for i, x in zip(wrt, diff)]
+                return [cast(by_position[i], x, names[i]) for i, x in zip(wrt, diff)]
 
             return value, rule
 
