@@ -81,7 +81,7 @@ def probe(args):
     else:
         from losskit.integrations.keras_hub import fused_causal_lm
 
-        model = fused_causal_lm(causal_lm)
+        model = fused_causal_lm(causal_lm, chunk_size=args.chunk_size)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         labels = np.where(mask, y, -100).astype("int32")
         step = lambda: model.train_on_batch(x, labels)  # noqa: E731
@@ -110,6 +110,9 @@ def main():
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--vocab", type=int, default=None, help="override the real vocabulary")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="fused_causal_lm's chunk_size (default: its own choice)")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--probe-model", choices=list(MODELS), help="internal: one configuration")
     parser.add_argument("--probe-setup", choices=SETUPS, help="internal: one configuration")
@@ -119,21 +122,24 @@ def main():
     if args.probe_model:
         return probe(args)
     env = {**os.environ, "KERAS_BACKEND": args.backend_name}
-    result = {"backend": args.backend_name, "tokens": args.batch * args.seq,
+    result = {"backend": args.backend_name, "chunk_size": args.chunk_size,
+              "tokens": args.batch * args.seq,
               "batch": args.batch, "seq": args.seq, "steps": args.steps, "models": {}}
     for model in args.models:
         rows = {}
-        for setup in SETUPS:
+        for setup in args.setups:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--probe-model", model,
                    "--probe-setup", setup]  # fmt: skip
             run = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if run.returncode:
-                rows[setup] = {"error": run.stderr.strip().splitlines()[-1][:300]}
+                # A process killed for memory (returncode -9) leaves only log lines on stderr.
+                rows[setup] = {"returncode": run.returncode,
+                               "error": (run.stderr.strip().splitlines() or [""])[-1][:300]}
             else:
                 rows[setup] = json.loads(run.stdout.strip().splitlines()[-1])
             print(model, setup, rows[setup], flush=True)
-        base, fused = rows["keras_hub_compile"], rows["fused_causal_lm"]
-        if "error" not in base and "error" not in fused:
+        base, fused = rows.get("keras_hub_compile"), rows.get("fused_causal_lm")
+        if base and fused and "error" not in base and "error" not in fused:
             rows["ratios"] = {
                 "peak_rss": fused["peak_rss_gib"] / base["peak_rss_gib"],
                 "step_peak_extra": fused["step_peak_extra_gib"] / base["step_peak_extra_gib"],
@@ -143,6 +149,7 @@ def main():
         result["models"][model] = {"vocab": args.vocab or MODELS[model], **rows}
     result["machine"] = common.machine()
     name = "keras_hub.quick" if args.quick else f"keras_hub.{args.backend_name}"
+    name += f".chunk{args.chunk_size}" if args.chunk_size else ""
     print(common.save(name, result))
 
 
