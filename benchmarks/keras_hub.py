@@ -1,7 +1,7 @@
 """keras-hub CausalLMs: `fused_causal_lm` against keras-hub's own `compile()` + `fit`, CPU.
 
-Tiny random backbones (1 layer, hidden 16) with the real vocabularies, so that the head
-dominates: Gemma (V = 256000, tied embedding) and Llama-3 (V = 128256, untied
+Tiny random backbones (1 layer, hidden 16, or `--hidden`) with the real vocabularies, so that
+the head dominates: Gemma (V = 256000, tied embedding) and Llama-3 (V = 128256, untied
 `reverse_embeddings`); B x T = 8 x 512 = 4096 tokens, 10% of them padding. Each configuration
 runs in its own subprocess (clean resident memory) and reports:
 
@@ -20,6 +20,7 @@ Ratios are fused / keras-hub in the same run.
     python benchmarks/keras_hub.py                  # JAX, both models (~3 min idle, ~14 GiB peak)
     python benchmarks/keras_hub.py --quick          # V = 4096, to check the script
     python benchmarks/keras_hub.py --backend-name torch --models llama3
+    python benchmarks/keras_hub.py --hidden 256     # a head less dominated by streaming the weight
 """
 
 import argparse
@@ -41,13 +42,14 @@ MODELS = {"gemma": 256000, "llama3": 128256}
 SETUPS = ("keras_hub_compile", "fused_causal_lm")
 
 
-def build(model, vocab):
+def build(model, vocab, hidden):
     import keras_hub
 
-    tiny = dict(num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
-                intermediate_dim=32)  # fmt: skip
+    tiny = dict(num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=hidden,
+                intermediate_dim=2 * hidden)  # fmt: skip
     if model == "gemma":
-        backbone = keras_hub.models.GemmaBackbone(vocabulary_size=vocab, head_dim=8, **tiny)
+        backbone = keras_hub.models.GemmaBackbone(vocabulary_size=vocab, head_dim=hidden // 2,
+                                                  **tiny)  # fmt: skip
         return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
     backbone = keras_hub.models.Llama3Backbone(vocabulary_size=vocab, tie_word_embeddings=False,
                                                **tiny)  # fmt: skip
@@ -72,7 +74,7 @@ def probe(args):
 
     keras.utils.set_random_seed(0)
     vocab = args.vocab or MODELS[args.probe_model]
-    causal_lm = build(args.probe_model, vocab)
+    causal_lm = build(args.probe_model, vocab, args.hidden)
     x, y, mask = data(vocab, args.batch, args.seq)
     if args.probe_setup == "keras_hub_compile":
         model = causal_lm
@@ -108,6 +110,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=16, help="the backbone's hidden size")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--vocab", type=int, default=None, help="override the real vocabulary")
     parser.add_argument("--chunk-size", type=int, default=None,
@@ -122,7 +125,7 @@ def main():
     if args.probe_model:
         return probe(args)
     env = {**os.environ, "KERAS_BACKEND": args.backend_name}
-    result = {"backend": args.backend_name, "chunk_size": args.chunk_size,
+    result = {"backend": args.backend_name, "chunk_size": args.chunk_size, "hidden": args.hidden,
               "tokens": args.batch * args.seq,
               "batch": args.batch, "seq": args.seq, "steps": args.steps, "models": {}}
     for model in args.models:
@@ -149,6 +152,7 @@ def main():
         result["models"][model] = {"vocab": args.vocab or MODELS[model], **rows}
     result["machine"] = common.machine()
     name = "keras_hub.quick" if args.quick else f"keras_hub.{args.backend_name}"
+    name += f".hidden{args.hidden}" if args.hidden != 16 else ""
     name += f".chunk{args.chunk_size}" if args.chunk_size else ""
     print(common.save(name, result))
 
