@@ -26,9 +26,13 @@ bfloat16. Targets (issues 10 and 12, CPU proxies of the GPU targets):
     python benchmarks/fused_ce.py --parts compiled precision
     python benchmarks/fused_ce.py --parts time --sweep --backends jax   # every shape (hours)
     python benchmarks/fused_ce.py --parts time --sweep --sweep-limit 3 --backends jax
+    python benchmarks/fused_ce.py --parts time --sweep --shapes 2048,512,128256 --backends jax \
+        --candidates naive fused fused_liger_chunk fused_chunk_256
 
 `--sweep` times N in {2048, 8192} x H in {512, 1024, 2048} x V in {32768, 128256} (issue 21),
-into `results/fused_ce_sweep.json`, each shape with the load average before and after.
+into `results/fused_ce_sweep.json`, each shape with the load average before and after and the
+default chunk (`fused_chunk`); `--shapes N,H,V ...` times those instead, and a sweep keeps the
+shapes of earlier runs it did not time.
 `--candidates naive fused torch_linear_ce --backends torch` adds PyTorch's own
 `torch.nn.functional.linear_cross_entropy` (2.13+, chunking opted in).
 """
@@ -67,11 +71,23 @@ def fused_per_token_loss(hidden, weight, bias, labels):
 
 
 def fused_chunk_256_loss(hidden, weight, bias, labels):
-    """The in-place schedule with 256-token chunks (the default makes a chunk's logits about as
-    large as `hidden`: 64 tokens at H = 512, V = 32768), to see what chunk size costs in time."""
+    """The in-place schedule with 256-token chunks (the default: 64 tokens at N = 4096, H = 512,
+    V = 32768, as issue 12's memory bound allows), to see what chunk size costs in time."""
     from losskit.losses import fused_linear_cross_entropy
 
     return fused_linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=256)
+
+
+def fused_liger_chunk_loss(hidden, weight, bias, labels):
+    """The in-place schedule with Liger-Kernel's chunk rule alone (a chunk's logits about as
+    large as `hidden`), the default before chunks were also sized from the memory bound."""
+    import math
+
+    from losskit.losses import fused_linear_cross_entropy
+
+    n, h = hidden.shape
+    chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(n / math.ceil(weight.shape[0] / h)))))
+    return fused_linear_cross_entropy(hidden, weight, labels, bias=bias, chunk_size=chunk)
 
 
 def torch_linear_ce_loss(hidden, weight, bias, labels):
@@ -86,7 +102,8 @@ def torch_linear_ce_loss(hidden, weight, bias, labels):
 
 
 LOSSES = {"naive": naive_loss, "fused": fused_loss, "fused_per_token": fused_per_token_loss,
-          "fused_chunk_256": fused_chunk_256_loss, "torch_linear_ce": torch_linear_ce_loss}
+          "fused_chunk_256": fused_chunk_256_loss, "fused_liger_chunk": fused_liger_chunk_loss,
+          "torch_linear_ce": torch_linear_ce_loss}
 # A candidate that exists on one backend only.
 ONLY_ON = {"torch_linear_ce": "torch"}
 
@@ -125,6 +142,8 @@ SWEEP = [(n, h, v) for v in (32768, 128256) for h in (512, 1024, 2048) for n in 
 def time_shapes(args):
     """`--sweep`: every benchmarked shape (smallest work first; `--sweep-limit` keeps the
     first k); otherwise `--time-tokens` at `--hidden`, `--vocab`."""
+    if args.sweep and args.shapes:
+        return [tuple(int(x) for x in shape.split(",")) for shape in args.shapes]
     if args.sweep:
         shapes = sorted(SWEEP, key=lambda s: s[0] * s[1] * s[2])
         return shapes[:args.sweep_limit] if args.sweep_limit else shapes
@@ -133,6 +152,8 @@ def time_shapes(args):
 
 def part_time(args):
     import keras
+
+    from losskit.losses._fused_head import token_chunk
 
     backend = keras.backend.backend()
     result = {}
@@ -151,7 +172,8 @@ def part_time(args):
                   f"{timing[name]['median_s']:.3f} s ratio {r['ratio']:.3f}", flush=True)
         key = f"N={n}" if not args.sweep else f"N={n},H={hidden},V={vocab}"
         result[key] = {"shape": [n, hidden, vocab], "mode": mode, "timing": timing,
-                       "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+                       "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                       "fused_chunk": token_chunk(n, hidden, vocab, None)}
     return result
 
 
@@ -303,6 +325,10 @@ def child(args):
         if part in ("compiled", "precision") and backend != "jax":
             continue  # XLA's analysis is read through JAX; the precision check needs one backend
         result[part] = parts[part](args)
+    earlier = common.RESULTS / f"{result_name(args)}.{backend}.json"
+    if args.sweep and "time" in result and earlier.exists():
+        # A sweep of some shapes keeps the others' earlier timings (each with its load).
+        result["time"] = {**json.loads(earlier.read_text()).get("time", {}), **result["time"]}
     common.save_child(result_name(args), backend, result)
 
 
@@ -322,6 +348,7 @@ def main():
         sweep=dict(action="store_true", help="--part time over every benchmarked shape: "
                    "H in {512, 1024, 2048}, N in {2048, 8192}, V in {32768, 128256}"),
         sweep_limit=dict(type=int, default=0, help="with --sweep: only the k smallest shapes"),
+        shapes=dict(nargs="+", default=[], help="with --sweep: these N,H,V shapes instead"),
         mode_shape=dict(type=int, nargs=3, default=[4096, 512, 32768]),
         mode_dtypes=dict(nargs="+", default=["float32", "bfloat16"]),
         parts=dict(nargs="+", default=["compiled", "precision", "time", "modes"],
