@@ -8,7 +8,9 @@ tensors, float64 gradient and Hessian by the backend's autodiff, back to NumPy, 
 interleaved rounds (median); each measurement trains `--rounds` boosting rounds, on one thread
 (`--threads`: OpenMP threads spin on a busy shared machine and swamp the comparison).
 
-Both derivative precisions are timed: float64 (the default) and `dtype="float32"`.
+Both derivative precisions are timed: float64 (the default) and `dtype="float32"`; and the same
+logistic objective written in NumPy (`xgboost_numpy`, `lightgbm_numpy`), the floor any Python
+custom objective pays for the library's callback path.
 
 Targets (issue 22): custom / built-in <= 1.3 per round, derivatives <= 10 % of a custom round.
 
@@ -48,6 +50,11 @@ def child(args):
                   "num_threads": args.threads}
     scores = rng.normal(size=n)
 
+    def numpy_logistic(predt, data):
+        # The floor of any Python objective: the closed form in NumPy, no autodiff, no checks.
+        p = 1.0 / (1.0 + np.exp(-predt))
+        return p - data.get_label(), p * (1.0 - p)
+
     thunks = {
         "xgboost_builtin": lambda: xgb.train(
             {**xgb_params, "objective": "binary:logistic"}, dtrain, rounds),
@@ -56,6 +63,10 @@ def child(args):
         "lightgbm_builtin": lambda: lgb.train(
             {**lgb_params, "objective": "binary", "boost_from_average": False}, dset, rounds),
         "lightgbm_losskit": lambda: lgb.train({**lgb_params, "objective": obj}, dset, rounds),
+        "xgboost_numpy": lambda: xgb.train(
+            {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=numpy_logistic),
+        "lightgbm_numpy": lambda: lgb.train({**lgb_params, "objective": numpy_logistic}, dset,
+                                            rounds),
         "xgboost_losskit_f32": lambda: xgb.train(
             {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=obj32),
         "lightgbm_losskit_f32": lambda: lgb.train({**lgb_params, "objective": obj32}, dset,
@@ -74,6 +85,11 @@ def child(args):
         "ratio_custom_to_builtin": {
             f"{lib}{tag}": per_round[f"{lib}_losskit{tag}"] / per_round[f"{lib}_builtin"]
             for lib in ("xgboost", "lightgbm") for tag in ("", "_f32")
+        },
+        # What the library's custom-objective path costs with the cheapest possible objective.
+        "ratio_numpy_objective_to_builtin": {
+            lib: per_round[f"{lib}_numpy"] / per_round[f"{lib}_builtin"]
+            for lib in ("xgboost", "lightgbm")
         },
         "derivative_share_of_custom_round": {
             f"{lib}{tag}": per_round[f"derivatives{tag}"] / per_round[f"{lib}_losskit{tag}"]
