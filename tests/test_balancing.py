@@ -290,6 +290,17 @@ def test_aggregator_step_follows_its_direction_of_the_scheduled_gradients(cls):
 # ----- FAMO, RLW, GradNormScale -----------------------------------------------------------------
 
 
+def assert_trained_as(m, logged, reference_params):
+    """One epoch (one step) per logged pair of weights: the logged term weights and the final
+    parameters equal the reference update rule's."""
+    h = fit(m, epochs=len(logged))
+    for t, (fit_weight, pull_weight) in enumerate(logged):
+        np.testing.assert_allclose(h["fit_weight"][t], fit_weight, rtol=1e-5)
+        np.testing.assert_allclose(h["pull_weight"][t], pull_weight, rtol=1e-5)
+    for a, b in zip(params(m), reference_params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_famo_three_steps_against_its_update_rule():
     lr_xi, gamma = 0.3, 0.01
     m = model(balance=FAMO(learning_rate=lr_xi, gamma=gamma))
@@ -311,15 +322,10 @@ def test_famo_three_steps_against_its_update_rule():
         logged.append(c * b)
         grad_theta = sum(c[i] * b[i] * flat(ref[n][1]) for i, n in enumerate(["fit", "pull"]))
         kernel, bias = sgd(kernel, bias, grad_theta)
-    h = fit(m, epochs=3)
-    for t in range(3):
-        np.testing.assert_allclose(h["fit_weight"][t], logged[t][0], rtol=1e-5)
-        np.testing.assert_allclose(h["pull_weight"][t], logged[t][1], rtol=1e-5)
+    assert_trained_as(m, logged, (kernel, bias))
     assert not np.allclose(xi, 0.0, atol=1e-3)  # the logits moved
     state = [v for v in m.non_trainable_variables if "famo_logits" in v.path]
     np.testing.assert_allclose(ops.convert_to_numpy(state[0]), xi, rtol=1e-4, atol=1e-6)
-    for a, b in zip(params(m), (kernel, bias)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_rlw_draws_k_softmax_of_seeded_normals_each_step():
@@ -335,13 +341,8 @@ def test_rlw_draws_k_softmax_of_seeded_normals_each_step():
         ref = np_terms(kernel, bias)
         grad = sum(c[i] * b[i] * flat(ref[n][1]) for i, n in enumerate(["fit", "pull"]))
         kernel, bias = sgd(kernel, bias, grad)
-    h = fit(m, epochs=2)
-    for t in range(2):
-        np.testing.assert_allclose(h["fit_weight"][t], logged[t][0], rtol=1e-5)
-        np.testing.assert_allclose(h["pull_weight"][t], logged[t][1], rtol=1e-5)
+    assert_trained_as(m, logged, (kernel, bias))
     assert abs(logged[0][0] - logged[1][0]) > 1e-3  # a new draw each step
-    for a, b in zip(params(m), (kernel, bias)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shared", [None, "shared"])
