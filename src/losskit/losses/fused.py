@@ -293,7 +293,8 @@ def fused_linear_cross_entropy(
         chunk_size: tokens per chunk. Default: on the in-place path the larger of two powers
             of two (at most 4096), one making a chunk's logits about as large as `hidden`, the
             largest keeping two chunks of logits within a quarter of the gradients' bytes (few
-            tokens a chunk make its products memory-bound); on the vocabulary-block path 1024 (a TensorFlow graph of unknown batch size: all tokens at once).
+            tokens a chunk make its products memory-bound); on the vocabulary-block path 1024
+            (a TensorFlow graph of unknown batch size: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
         label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
