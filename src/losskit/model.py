@@ -387,7 +387,9 @@ class ObjectiveModel(keras.Model):
         _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
-            callbacks.append(NanGuard([t.name for t in self.objective.terms]))
+            # First, so that it raises before any other callback sees the non-finite batch (a
+            # per-batch ModelCheckpoint then keeps the last finite weights).
+            callbacks.insert(0, NanGuard([t.name for t in self.objective.terms]))
         if self.balance is not None:
             callbacks.extend(self.balance.callbacks())
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
@@ -399,7 +401,7 @@ class ObjectiveModel(keras.Model):
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
             if self.nan_policy == "raise":
-                callbacks.append(NanGuard([t.name for t in self.objective.terms]))
+                callbacks.insert(0, NanGuard([t.name for t in self.objective.terms]))
         return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ----- saving -------------------------------------------------------------------------------
