@@ -349,7 +349,8 @@ class ObjectiveModel(keras.Model):
         for metric in self.metrics:
             result = metric.result()
             result = result if isinstance(result, dict) else {metric.name: result}
-            owner = "the objective" if metric is self._loss_tracker else f"metric '{metric.name}'"
+            ours = metric is getattr(self, "_loss_tracker", None)
+            owner = "the objective" if ours else f"metric '{metric.name}'"
             for key in result:
                 if key in owners:
                     raise ValueError(
