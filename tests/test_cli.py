@@ -165,10 +165,11 @@ def test_run_all_continues_after_a_failure(fake_recipe, monkeypatch, tmp_path, c
 def test_recipe_options_are_checked_against_their_domain(option, message, capsys, tmp_path):
     code = cli.main(["run", "airfoil-huber", "--out", str(tmp_path), "-o", option])
     assert code != 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "airfoil-huber: option" in err and message in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "airfoil-huber").exists()
+    assert "report:" not in out and not (tmp_path / "index.html").exists()
 
 
 def test_every_declared_numeric_option_has_a_domain():
@@ -240,3 +241,24 @@ def test_help_and_list_import_no_backend(argv, tmp_path):
             assert recipes.load(name).SUMMARY in proc.stdout  # read from source, not imported
     else:
         assert "usage: losskit" in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["fake-recipe", "all"])
+def test_rejected_option_runs_nothing_and_reports_nothing(fake_recipe, name, tmp_path, capsys):
+    code = cli.main(["run", name, "--quick", "--out", str(tmp_path), "-o", "scale=abc"])
+    assert code == 1
+    out, err = capsys.readouterr()
+    assert "fake-recipe: option scale must be a number, got 'abc'" in err
+    assert "report:" not in out and not (tmp_path / "index.html").exists()
+    assert not fake_recipe.calls
+
+
+def test_no_report_when_every_recipe_fails(fake_recipe, tmp_path, capsys):
+    def refuse(config):
+        raise recipes.RecipeError("fake-recipe: unknown dataset 'nope'")
+
+    fake_recipe.run = refuse
+    assert cli.main(["run", "fake-recipe", "--out", str(tmp_path), "--dataset", "nope"]) == 1
+    out, err = capsys.readouterr()
+    assert "unknown dataset 'nope'" in err and "failed: fake-recipe" in err
+    assert "report:" not in out and not (tmp_path / "index.html").exists()

@@ -25,6 +25,18 @@ from keras.src.losses.loss import (
 from keras.src.utils.tracking import no_automatic_dependency_tracking
 
 
+def optimizer_counter(optimizer):
+    """`(counter, k)`: the variable counting the optimizer's `apply` calls (one per training
+    step, i.e. per micro-batch) and its `gradient_accumulation_steps` (1 without). The public
+    `optimizer.iterations` is that variable only without accumulation; with it, Keras returns a new
+    tensor `counter // k` at each access, which a JAX compiled step cannot find in the
+    optimizer's state and which has no `.value`. A `LossScaleOptimizer` counts in its inner
+    optimizer (which skips the count on non-finite gradients, as its update)."""
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer._iterations, optimizer.gradient_accumulation_steps or 1
+
+
 @contextlib.contextmanager
 def float64_promotion():
     """Lets Keras's type promotion keep float64 under JAX, where it maps float64 to float32
@@ -43,6 +55,7 @@ __all__ = [
     "float64_promotion",
     "get_keras_mask",
     "no_automatic_dependency_tracking",
+    "optimizer_counter",
     "reduce_weighted_values",
     "set_keras_mask",
     "squeeze_or_expand_to_same_rank",

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from losskit._keras import optimizer_counter
+
 
 class StepLogs(keras.metrics.Metric):
     """`loss`, each term and each other contribution, as one evaluation over all the data seen.
@@ -118,8 +120,40 @@ class NanGuard(keras.callbacks.Callback):
                     )
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        # The step the batch's schedules read (reduction rule 6: micro-batches share one).
+        counter, k = optimizer_counter(self.model.optimizer)
+        step = (int(ops.convert_to_numpy(counter)) - 1) // k
         self._check(f"fit, epoch {self._epoch + 1}, batch {batch} (optimizer step {step})", logs)
 
     def on_test_batch_end(self, batch, logs=None):
         self._check(f"evaluate, batch {batch}", logs)
+
+
+# Keys Keras's own callbacks write into the epoch logs (ReduceLROnPlateau, LearningRateScheduler,
+# TensorBoard): a term of that name would be overwritten in `History` when one is used.
+KERAS_KEYS = {"learning_rate": "the learning rate that Keras's LR callbacks log"}
+
+
+def check_log_names(owner, terms, keys):
+    """Raises a `ValueError` when two logs would share a key, so that one silently overwrites the
+    other in `History`, `evaluate` and the progress bar.
+
+    `terms` are the term names (each logged under its name); `keys` are `(key, what it is)` for
+    every other key the owner logs (`<term>_weight`, a balancer's regulariser, a compiled metric,
+    ...; `loss` is added here). Validation adds `val_` to each, so a term `val_a` clashes with
+    the validation log of a term `a`. Names that cannot clash are never refused."""
+    entries = [(name, f"term '{name}'") for name in terms]
+    entries += [("loss", "the total objective"), *keys]
+    entries += [(f"val_{key}", f"the validation log of {what}") for key, what in entries]
+    entries += list(KERAS_KEYS.items())
+    seen = {}
+    for key, what in entries:
+        if key in seen:
+            first = seen[key]
+            term = next((w for w in (first, what) if w.startswith("term ")), None)
+            fix = f" Rename {term} (Term(..., name=...))." if term else ""
+            raise ValueError(
+                f"{owner}: {first} and {what} would both be logged as '{key}', and one would "
+                f"overwrite the other.{fix}"
+            )
+        seen[key] = what

@@ -6,9 +6,9 @@ import keras
 from keras import ops
 
 from losskit import backend, balancing
-from losskit._keras import no_automatic_dependency_tracking
-from losskit._logs import Latest, NanGuard, StepLogs
-from losskit.objective import Objective
+from losskit._keras import no_automatic_dependency_tracking, optimizer_counter
+from losskit._logs import Latest, NanGuard, StepLogs, check_log_names
+from losskit.objective import Objective, weight_logs
 
 # The log name of the inner model's own losses (layer regularizers, `add_loss`) in `loss`.
 REGULARIZATION = "regularization_loss"
@@ -66,6 +66,7 @@ class ObjectiveModel(keras.Model):
             )
         self.log_grad_norms = log_grad_norms
         self.balance = balancing.get(balance)
+        self._check_log_names(inner_model.losses)
         self._taps = objective.taps
         # Training computes the model's output only if a term reads it: a fused head loss on a
         # tapped hidden layer never materialises the head's logits (predict still returns them).
@@ -107,6 +108,22 @@ class ObjectiveModel(keras.Model):
             self.balance.attach(self)  # its state: weights of this model, saved with it
         if inner_model.built:
             self.built = True
+
+    def _check_log_names(self, own_losses=(), metric_names=()):
+        """Refuses a term whose log key another log also uses (`check_log_names`): every key
+        this model logs, `regularization_loss` once the inner model has losses and compiled
+        metrics once their names are known."""
+        terms = self.objective.terms
+        keys = weight_logs(terms, balanced=self.balance is not None)
+        if self.log_grad_norms:
+            keys += [(f"{t.name}_grad_norm", f"the gradient norm of term '{t.name}'")
+                     for t in terms]
+        keys += [(name, f"the balancer's '{name}'")
+                 for name in getattr(self.balance, "contributions", ())]
+        if own_losses:
+            keys.append((REGULARIZATION, "the inner model's own losses (regularizers, add_loss)"))
+        keys += [(name, f"the compiled metric '{name}'") for name in metric_names]
+        check_log_names(f"ObjectiveModel '{self.name}'", [t.name for t in terms], keys)
 
     def _tap(self, inner, with_pred):
         graph = isinstance(inner, keras.Sequential) or hasattr(inner, "_run_through_graph")
@@ -209,6 +226,7 @@ class ObjectiveModel(keras.Model):
                 "ObjectiveModel: compile() takes no loss; the objective is the loss. Add the "
                 "loss as a losskit.Term instead."
             )
+        self._check_log_names(metric_names=_metric_names(kwargs))
         super().compile(optimizer=optimizer, **kwargs)
         extras = [*getattr(self.balance, "contributions", ()), REGULARIZATION]
         self._loss_tracker = StepLogs([t.name for t in self.objective.terms], extras)
@@ -229,27 +247,35 @@ class ObjectiveModel(keras.Model):
 
     def compute_loss_and_updates(self, *args, optimizer_variables=None, **kwargs):
         # JAX trainer: compute_loss runs in a StatelessScope that maps the model's variables but
-        # not the optimizer's, so `optimizer.iterations` would be a constant frozen at trace
-        # time. Hand compute_loss the traced step from the optimizer state instead.
-        self._traced_step = None
+        # not the optimizer's, so the optimizer's counter would be a constant frozen at trace
+        # time. Hand compute_loss the traced counter from the optimizer state instead.
+        self._traced_counter = None
         if optimizer_variables is not None:
-            index = [
-                i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer.iterations
-            ]
+            counter, _ = optimizer_counter(self.optimizer)
+            index = [i for i, v in enumerate(self.optimizer.variables) if v is counter]
             if index:
-                self._traced_step = optimizer_variables[index[0]]
+                self._traced_counter = optimizer_variables[index[0]]
         try:
             return super().compute_loss_and_updates(
                 *args, optimizer_variables=optimizer_variables, **kwargs
             )
         finally:
-            self._traced_step = None
+            self._traced_counter = None
 
     def _step(self, training):
+        """`(step, next_step)`: the step this batch's schedules read, and (training) the step of
+        the next training batch. The step is `optimizer.iterations` before this batch's update:
+        the number of updates applied so far, so with `gradient_accumulation_steps=k` the `k`
+        micro-batches of one update read the same step (their accumulated gradient is that of
+        one batch of `k` micro-batches at that step's weights)."""
         if not training:
-            return self._objective_step.value
-        traced = getattr(self, "_traced_step", None)
-        return traced if traced is not None else self.optimizer.iterations.value
+            return self._objective_step.value, None
+        counter, k = optimizer_counter(self.optimizer)
+        traced = getattr(self, "_traced_counter", None)
+        calls = ops.convert_to_tensor(traced if traced is not None else counter.value)
+        if k == 1:
+            return calls, calls + 1
+        return ops.floor_divide(calls, k), ops.floor_divide(calls + 1, k)
 
     def _split(self, y_pred):
         """`(layers, pred)` from the forward pass's outputs (the tapped dict, or the output)."""
@@ -260,7 +286,7 @@ class ObjectiveModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         layers, pred = self._split(y_pred)
-        step = self._step(training)
+        step, next_step = self._step(training)
         result = self.objective.compute(
             x, y, pred, sample_weight, step=step, layers=layers, variables=self.inner
         )
@@ -280,10 +306,12 @@ class ObjectiveModel(keras.Model):
             result = dataclasses.replace(result, total=total, weights=weights)
         own = [self._aggregate_additional_loss(loss) for loss in self.losses]
         if own:  # regularizers and add_loss() of the inner model
+            if REGULARIZATION in self._loss_tracker.names:  # losses added in call() only
+                self._check_log_names(own_losses=own)
             extras = {**extras, REGULARIZATION: sum(own)}
             total = total + extras[REGULARIZATION]
         if training and self._steps_matter:
-            self._objective_step.assign(ops.cast(step, "int32") + 1)
+            self._objective_step.assign(ops.cast(next_step, "int32"))
         self._track(result, extras, norms)
         return total
 
@@ -313,6 +341,27 @@ class ObjectiveModel(keras.Model):
                 for i, name in enumerate(names):
                     self._norm_trackers[name].update_state(saved[i])
 
+    def get_metrics_result(self):
+        # As Keras's, which merges every metric's result into one dict and so lets a later key
+        # overwrite an earlier one; a clash that the names known at construction and compile
+        # could not show (e.g. a metric Keras renamed `weighted_<name>`) raises here.
+        logs, owners = {}, {}
+        for metric in self.metrics:
+            result = metric.result()
+            result = result if isinstance(result, dict) else {metric.name: result}
+            ours = metric is getattr(self, "_loss_tracker", None)
+            owner = "the objective" if ours else f"metric '{metric.name}'"
+            for key in result:
+                if key in owners:
+                    raise ValueError(
+                        f"ObjectiveModel '{self.name}': {owners[key]} and {owner} both log "
+                        f"'{key}', and one would overwrite the other. Rename the term "
+                        "(Term(..., name=...)) or the metric."
+                    )
+                owners[key] = owner
+            logs.update(result)
+        return logs
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         _, pred = self._split(y_pred)
         return super().compute_metrics(x, y, pred, sample_weight=sample_weight)
@@ -339,7 +388,9 @@ class ObjectiveModel(keras.Model):
         _refuse_empty("fit", x)
         callbacks = list(callbacks or [])
         if self.nan_policy == "raise":
-            callbacks.append(NanGuard([t.name for t in self.objective.terms]))
+            # First, so that it raises before any other callback sees the non-finite batch (a
+            # per-batch ModelCheckpoint then keeps the last finite weights).
+            callbacks.insert(0, NanGuard([t.name for t in self.objective.terms]))
         if self.balance is not None:
             callbacks.extend(self.balance.callbacks())
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
@@ -351,7 +402,7 @@ class ObjectiveModel(keras.Model):
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
             if self.nan_policy == "raise":
-                callbacks.append(NanGuard([t.name for t in self.objective.terms]))
+                callbacks.insert(0, NanGuard([t.name for t in self.objective.terms]))
         return super().evaluate(x, y, *args, callbacks=callbacks, **kwargs)
 
     # ----- saving -------------------------------------------------------------------------------
@@ -417,3 +468,23 @@ def _refuse_empty(method, x):
             f"ObjectiveModel.{method}: the data has no samples (a batch dimension of 0), so "
             "no step would run. Check the split or the filter that produced it."
         )
+
+
+def _metric_names(compile_kwargs):
+    """The log names of `compile`'s metrics that are known before the first step: Keras logs a
+    metric given as a string under that string, a `Metric` under its name, a function under its
+    `__name__`. Per-output dicts (prefixed by output) and duplicates (which Keras renames) are
+    left to the check of the first step's logs (`get_metrics_result`)."""
+    names = set()
+    for arg in ("metrics", "weighted_metrics"):
+        metrics = compile_kwargs.get(arg)
+        if metrics is None or isinstance(metrics, dict):
+            continue
+        for m in metrics if isinstance(metrics, (list, tuple)) else [metrics]:
+            if isinstance(m, str):
+                names.add(m)
+            elif isinstance(m, keras.metrics.Metric):
+                names.add(m.name)
+            elif callable(m) and hasattr(m, "__name__"):
+                names.add(m.__name__)
+    return sorted(names)

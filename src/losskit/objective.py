@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from losskit import _contract, backend
+from losskit._logs import check_log_names
 from losskit.term import Term
 
 _register = keras.saving.register_keras_serializable(package="losskit")
@@ -111,6 +112,7 @@ class Objective:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"Objective: term names must be unique; repeated {dupes}. Pass name=.")
+        check_log_names("Objective", names, weight_logs(terms, balanced=False))
         self.terms = terms
 
     @property
@@ -273,3 +275,13 @@ def _variable(variables, source):
         if v.name == source.variable or v.path.endswith(f"/{source.variable}"):
             return v.value  # inside a StatelessScope (JAX trainer) this is the traced value
     return None
+
+
+def weight_logs(terms, balanced):
+    """`("<term>_weight", what)` for the terms whose applied weight is logged: scheduled terms,
+    or every term under a balancer."""
+    return [
+        (f"{t.name}_weight", f"the logged weight of term '{t.name}'")
+        for t in terms
+        if balanced or callable(t.weight)
+    ]

@@ -1,9 +1,10 @@
 """Term-weight schedules: pure functions of the optimizer step.
 
 A schedule maps the optimizer's step `t` (`optimizer.iterations` before the update, so the first
-step is `t = 0`) to a weight. Being a pure function of `t` it needs no callback or variable, updates
-inside the compiled train step on every backend, and resumes exactly from a checkpoint because
-`optimizer.iterations` is saved with the model.
+step is `t = 0`; with `gradient_accumulation_steps=k` Keras counts updates, so the `k`
+micro-batches of one update share a step) to a weight. Being a pure function of `t` it needs no
+callback or variable, updates inside the compiled train step on every backend, and resumes
+exactly from a checkpoint because `optimizer.iterations` is saved with the model.
 
 ```python
 weight = losskit.schedules.Linear(0.0, 1.0, steps=500)       # KL annealing

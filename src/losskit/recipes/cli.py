@@ -46,6 +46,15 @@ def run_command(args):
         options["dataset"] = args.dataset
     if args.backbone is not None:
         options["backbone"] = args.backbone
+    # Every option value is checked before anything runs: a rejected value stops the command
+    # with its one-line error, no run and no report (under `run all` too).
+    strict = args.name != "all"
+    for name in names:
+        try:
+            recipes.options_for(recipes.load(name), options, strict=strict)
+        except recipes.RecipeError as err:
+            print(f"losskit: {err}", file=sys.stderr)
+            return 1
     out = Path(args.out)
     verbose = common.fit_verbosity() if args.verbose is None else args.verbose
     failures = []
@@ -57,7 +66,7 @@ def run_command(args):
             verbose=verbose, options=options,
         )
         try:
-            result = report.run_recipe(name, config, strict_options=args.name != "all")
+            result = report.run_recipe(name, config, strict_options=strict)
         except recipes.RecipeError as err:
             # A bad option (e.g. --dataset nope) is the user's to fix: say so plainly.
             failures.append(name)
@@ -70,8 +79,9 @@ def run_command(args):
             continue
         _print_result(result)
         print(f"{name}: {result['wall_time_s']:.1f} s -> {out / name / 'result.json'}", flush=True)
-    index = report.write_index(out)
-    print(f"report: {index}  (total {time.perf_counter() - start:.1f} s)")
+    if len(failures) < len(names):  # a report only when something ran to the end
+        index = report.write_index(out)
+        print(f"report: {index}  (total {time.perf_counter() - start:.1f} s)")
     if failures:
         print(f"losskit: failed: {', '.join(failures)}", file=sys.stderr)
         return 1
