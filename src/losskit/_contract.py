@@ -47,6 +47,43 @@ def check_floating(owner, x, what="y_pred"):
         )
 
 
+def host_input(owner, x, what):
+    """`x` as the backend will receive it, checked before any conversion.
+
+    Lists and tuples become NumPy arrays (Python floats in `keras.backend.floatx()`, as Keras
+    converts them), so every library function takes what Keras's functions take. Host integers
+    (NumPy arrays, lists) must survive the conversion to a tensor: under JAX without x64 int64
+    becomes int32, and a label 2**32 + 1 would silently become class 1. Such values raise a
+    ValueError naming `owner` and the value, whatever the loss does with them.
+    """
+    if isinstance(x, (list, tuple)):
+        try:
+            array = np.asarray(x)
+        except ValueError:  # ragged: left to the loss's own checks
+            return x
+        if array.dtype.kind == "f":
+            array = array.astype(keras.backend.floatx())
+        x = array
+    if not isinstance(x, (np.ndarray, np.generic)) or x.dtype.kind not in "iu" or not x.size:
+        return x
+    bits = backend.integer_bits()
+    if x.dtype.itemsize * 8 <= bits:
+        return x
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    outside = (x < low) | (x > high)
+    if outside.any():
+        bad = np.unique(x[outside])
+        shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"{owner}: {what} holds integers outside [{low}, {high}] ({shown}), which the "
+            f"{backend.name()} backend would wrap around when it converts them to int{bits} "
+            "tensors. Class indices must lie in [0, num_classes); other integers must fit in "
+            f"int{bits} (under JAX, enable 64-bit types with jax.config.update('jax_enable_x64', "
+            "True))."
+        )
+    return x
+
+
 def _shape(x):
     """Static shape of a tensor, array, Python/NumPy number (`()`) or nested list."""
     shape = getattr(x, "shape", None)

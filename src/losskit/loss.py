@@ -27,6 +27,8 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
         return f"loss '{self.name}'"
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = _contract.host_input(self._owner, y_true, "y_true")
+        y_pred = _contract.host_input(self._owner, y_pred, "y_pred")
         _contract.check_floating(self._owner, y_pred)
         _contract.check_numeric(self._owner, y_true, "y_true")
         in_mask = get_keras_mask(y_pred)

@@ -34,6 +34,12 @@ def is_traced(x):
     return _impl().is_traced(x)
 
 
+def integer_bits():
+    """The widest integer a host value keeps when it becomes a tensor: 32 under JAX without x64
+    (`jnp.asarray` narrows int64 to int32, wrapping larger values around), else 64."""
+    return _impl().integer_bits()
+
+
 def replica_context():
     """`(replicas in sync, context)` inside a `tf.distribute` replica; `(1, None)` elsewhere.
 

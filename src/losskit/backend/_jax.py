@@ -9,6 +9,10 @@ import keras
 from losskit import _keras
 
 
+def integer_bits():
+    return 64 if jax.config.jax_enable_x64 else 32
+
+
 def replica_context():
     return 1, None  # DataParallel runs one program over the global batch
 

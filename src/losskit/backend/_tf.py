@@ -15,6 +15,10 @@ from tensorflow.python.ops import control_flow_util
 from losskit.backend import pack_upstream
 
 
+def integer_bits():
+    return 64
+
+
 def replica_context():
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:

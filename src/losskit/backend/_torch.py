@@ -9,6 +9,10 @@ from losskit import _keras
 from losskit.backend import pack_upstream
 
 
+def integer_bits():
+    return 64
+
+
 def replica_context():
     return 1, None
 
