@@ -81,3 +81,132 @@ def test_term_side_labels_a_backend_would_wrap_raise_naming_the_term():
     data = {"y": np.array([0, BIG, 2], "int64"), "pred": _logits()}
     with pytest.raises(ValueError, match=rf"Term 'ce'.*{BIG}"):
         term.values(lambda name, p, s: data[s.key if s.kind == "x" else s.kind])
+
+
+# --- Parameter domains against Keras's ------------------------------------------------------
+def _onehot(n=4, k=3):
+    return np.eye(k, dtype="float32")[np.arange(n) % k]
+
+
+def _binary(n=4, d=3):
+    return (np.random.default_rng(3).uniform(size=(n, d)) > 0.5).astype("float32")
+
+
+def _probs_of(y):
+    rng = np.random.default_rng(4)
+    return rng.uniform(0.05, 0.95, size=y.shape).astype("float32")
+
+
+def _softmax_probs(n=4, k=3):
+    return keras.ops.convert_to_numpy(ops.softmax(_logits((n, k))))
+
+
+def _reg():
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 3)).astype("float32")
+
+
+def _embeddings():
+    rng = np.random.default_rng(6)
+    e = rng.normal(size=(8, 4)).astype("float32")
+    return np.arange(8) % 3, e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+# Values at and inside the boundaries of each documented Keras domain, as Python ints and floats
+# and NumPy scalars. A value Keras itself refuses is skipped; every other one losskit must accept
+# with Keras's value.
+UNIT = [0, 0.0, 1e-7, np.float32(0.3), 0.5, np.float64(0.999), 1, 1.0, np.int64(1)]
+NONNEGATIVE = [0, 0.0, 1e-7, np.float32(0.3), 1, 2.0, np.int64(3), 1e3]
+POSITIVE = [1e-7, np.float32(0.3), 1, 2.0, np.int64(3), 1e3]
+
+# (losskit class, {param: keras param}, keras class, fixed kwargs (losskit, keras), inputs, values)
+KERAS_PAIRS = {
+    "CategoricalCrossentropy.label_smoothing": (
+        L.CategoricalCrossentropy, "label_smoothing", keras.losses.CategoricalCrossentropy,
+        "label_smoothing", ({}, {}), lambda: (_onehot(), _softmax_probs()), UNIT),
+    "BinaryCrossentropy.label_smoothing": (
+        L.BinaryCrossentropy, "label_smoothing", keras.losses.BinaryCrossentropy,
+        "label_smoothing", ({}, {}), lambda: (_binary(), _probs_of(_binary())), UNIT),
+    "SparseCategoricalCrossentropy.ignore_index": (
+        L.SparseCategoricalCrossentropy, "ignore_index", keras.losses.SparseCategoricalCrossentropy,
+        "ignore_class", ({"from_logits": True}, {"from_logits": True}),
+        lambda: (np.array([0, 1, 2, 1]), _logits((4, 3))), [0, 1, np.int64(2), -1, -100]),
+    "Focal(binary).gamma": (
+        L.Focal, "gamma", keras.losses.BinaryFocalCrossentropy, "gamma",
+        ({"alpha": 0.25}, {"apply_class_balancing": True, "alpha": 0.25}),
+        lambda: (_binary(), _probs_of(_binary())), NONNEGATIVE),
+    "Focal(binary).alpha": (
+        L.Focal, "alpha", keras.losses.BinaryFocalCrossentropy, "alpha",
+        ({}, {"apply_class_balancing": True}), lambda: (_binary(), _probs_of(_binary())), UNIT),
+    "Focal(categorical).gamma": (
+        L.Focal, "gamma", keras.losses.CategoricalFocalCrossentropy, "gamma",
+        ({"mode": "categorical", "alpha": 0.25}, {"alpha": 0.25}),
+        lambda: (_onehot(), _softmax_probs()), NONNEGATIVE),
+    "Focal(categorical).alpha": (
+        L.Focal, "alpha", keras.losses.CategoricalFocalCrossentropy, "alpha",
+        ({"mode": "categorical"}, {}), lambda: (_onehot(), _softmax_probs()), UNIT),
+    "Huber.delta": (
+        L.Huber, "delta", keras.losses.Huber, "delta", ({}, {}), _reg, NONNEGATIVE),
+    "GeneralizedCrossEntropy.q": (
+        L.GeneralizedCrossEntropy, "q", keras.losses.CategoricalGeneralizedCrossEntropy, "q",
+        ({}, {}), lambda: (np.array([0, 1, 2, 1]), _softmax_probs()), UNIT),
+    "Circle.gamma": (
+        L.Circle, "gamma", keras.losses.Circle, "gamma", ({}, {}), _embeddings,
+        NONNEGATIVE[:-1]),
+    "Circle.margin": (
+        L.Circle, "margin", keras.losses.Circle, "margin", ({}, {}), _embeddings, UNIT),
+    "CosineSimilarity.axis": (
+        L.CosineSimilarity, "axis", keras.losses.CosineSimilarity, "axis", ({}, {}), _reg,
+        [-1, 1, np.int64(-1)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERAS_PAIRS))
+def test_every_value_keras_accepts_is_accepted_with_keras_value(case):
+    ours, param, theirs, their_param, (fixed, their_fixed), inputs, values = KERAS_PAIRS[case]
+    y_true, y_pred = inputs()
+    checked = 0
+    for value in values:
+        try:
+            # Per sample: Keras's Circle leaves anchors of value 0 out of its mean.
+            expected = ops.convert_to_numpy(theirs(
+                **their_fixed, **{their_param: value}, reduction=None)(y_true, y_pred))
+        except Exception:  # noqa: BLE001 - a value Keras refuses need not be accepted
+            continue
+        if not np.isfinite(expected).all():
+            continue
+        got = ops.convert_to_numpy(ours(**fixed, **{param: value}, reduction=None)(y_true, y_pred))
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-6,
+                                   err_msg=f"{case}={value!r}")
+        checked += 1
+    assert checked >= 2, f"Keras accepted only {checked} of {values}"
+
+
+@pytest.mark.parametrize("fn, kwargs", [
+    (L.categorical_crossentropy, {"label_smoothing": 1.0}),
+    (L.binary_crossentropy, {"label_smoothing": 1}),
+    (L.poly1, {"label_smoothing": 1.0}),
+    (L.huber, {"delta": 0.0}),
+])
+def test_new_boundaries_are_finite_and_differentiable(fn, kwargs):
+    y_true = _onehot() if fn is not L.huber else _reg()[0]
+    y_pred = _softmax_probs() if fn is not L.huber else _reg()[1]
+    values, grads = losskit.backend.value_and_grad(
+        lambda p: ops.sum(fn(y_true, p, **kwargs)), [ops.convert_to_tensor(y_pred)])
+    assert np.isfinite(ops.convert_to_numpy(values))
+    assert np.isfinite(ops.convert_to_numpy(grads[0])).all()
+
+
+@pytest.mark.parametrize("fn", [L.fused_linear_cross_entropy])
+def test_fused_label_smoothing_domain_is_cross_entropys(fn):
+    rng = np.random.default_rng(7)
+    h, w = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(5, 4)).astype("float32")
+    y = np.arange(6) % 5
+    logits = h @ w.T
+    expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=1.0)(
+        np.eye(5, dtype="float32")[y], logits)
+    got = fn(h, w, y, label_smoothing=1.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(got), ops.convert_to_numpy(expected),
+                               rtol=1e-5)
+    assert L.fused_linear_cross_entropy.domains["label_smoothing"].text == (
+        L.categorical_crossentropy.domains["label_smoothing"].text)

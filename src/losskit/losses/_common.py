@@ -83,8 +83,13 @@ def register(fn=None, *, precision="float32", domains=None, shapes=None):
         arguments = bound.arguments
         _domains.validate(owner, declared, arguments)
         for key, value in arguments.items():
-            # Lists become arrays and host integers are checked before anything converts them.
-            if key in tensors or isinstance(value, (np.ndarray, np.generic)):
+            if key in declared and isinstance(value, np.generic):
+                # A NumPy scalar parameter (np.float64(0.5)) would otherwise mix its dtype into
+                # float32 math (TensorFlow refuses float64 + float32): a Python number, as Keras
+                # takes it.
+                arguments[key] = value.item()
+            elif key in tensors or isinstance(value, (np.ndarray, np.generic)):
+                # Lists become arrays; host integers are checked before anything converts them.
                 arguments[key] = _contract.host_input(owner, value, key)
         if pair is not None and "y_true" in arguments and "y_pred" in arguments:
             _contract.check_floating(owner, arguments["y_pred"])
