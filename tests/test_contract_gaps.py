@@ -210,3 +210,28 @@ def test_fused_label_smoothing_domain_is_cross_entropys(fn):
                                rtol=1e-5)
     assert L.fused_linear_cross_entropy.domains["label_smoothing"].text == (
         L.categorical_crossentropy.domains["label_smoothing"].text)
+
+
+# --- Term constants against the function's declared domains ---------------------------------
+@pytest.mark.parametrize("fn, bad, error", [
+    (L.huber, {"delta": -1.0}, ValueError),
+    (L.huber, {"delta": float("nan")}, ValueError),
+    (L.sparse_categorical_crossentropy, {"label_smoothing": 1.5}, ValueError),
+    (L.sparse_categorical_crossentropy, {"inputs": {"ignore_index": "0"}}, TypeError),
+    (L.focal, {"inputs": {"mode": "sparse"}}, ValueError),
+    (L.fused_linear_cross_entropy, {"hidden": "x.h", "labels": "y", "chunk_size": 0,
+                                    "inputs": {"weight": "x.w"}}, ValueError),
+])
+def test_term_constants_are_checked_at_construction(fn, bad, error):
+    constants = {k: v for k, v in {**bad, **bad.get("inputs", {})}.items()
+                 if k != "inputs" and not str(v).startswith(("x.", "y"))}
+    param = next(iter(constants))
+    with pytest.raises(error, match=rf"Term '{fn.__name__}': parameter '{param}' must be"):
+        losskit.Term(fn, **bad)
+
+
+def test_term_constants_in_the_domain_are_kept():
+    term = losskit.Term(L.huber, delta=0.0)  # the boundary Keras accepts
+    y, p = _reg()
+    values, _ = term.values(lambda name, param, s: {"y": y, "pred": p}[s.kind])
+    np.testing.assert_allclose(ops.convert_to_numpy(values), 0.0)

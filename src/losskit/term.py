@@ -155,6 +155,9 @@ class Term:
                 )
             else:
                 constants[key] = value
+        # A library function's declared domains hold for its constants here, at construction,
+        # as they do for a Loss class's parameters (not at the first step).
+        domains.validate(f"Term '{self.name}'", getattr(target, "domains", {}), constants)
         self.constants = constants
         self._call_constants = {**loss_constants, **constants}
         # A function that reduces itself (`fn.kept_positions`: the fused losses) is handed each
