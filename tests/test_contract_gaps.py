@@ -235,3 +235,57 @@ def test_term_constants_in_the_domain_are_kept():
     y, p = _reg()
     values, _ = term.values(lambda name, param, s: {"y": y, "pred": p}[s.kind])
     np.testing.assert_allclose(ops.convert_to_numpy(values), 0.0)
+
+
+# --- Per-sample weights of per-position values --------------------------------------------
+def _positions(seed=8):
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(size=(6, 4, 2)).astype("float32")
+    p = rng.uniform(0.05, 0.95, size=(6, 4, 2)).astype("float32")
+    return y, p, rng.uniform(0.5, 2.0, size=6).astype("float32")
+
+
+def _np_per_position(name, y, p):
+    e = p - y
+    return {
+        "Huber": np.mean(np.where(np.abs(e) <= 1.0, 0.5 * e**2, np.abs(e) - 0.5), axis=-1),
+        "MSE": np.mean(e**2, axis=-1),
+        "MAE": np.mean(np.abs(e), axis=-1),
+        "BinaryCrossentropy": np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)), axis=-1),
+    }[name]
+
+
+def _np_reduce(values, weights, reduction):
+    weighted = values * weights
+    return {"none": weighted, "sum": weighted.sum(),
+            "sum_over_batch_size": weighted.sum() / values.size,
+            "mean": weighted.sum() / values.size,
+            "mean_with_sample_weight": weighted.sum() / weights.sum()}[reduction]
+
+
+@pytest.mark.parametrize("reduction",
+                         ["sum_over_batch_size", "sum", "none", "mean", "mean_with_sample_weight"])
+@pytest.mark.parametrize("name", ["Huber", "MSE", "MAE", "BinaryCrossentropy"])
+def test_per_sample_weights_of_per_position_values(name, reduction):
+    y, p, w = _positions()
+    loss = getattr(L, name)(reduction=reduction)
+    expanded = np.broadcast_to(w[:, None], (6, 4))
+    got = ops.convert_to_numpy(loss(y, p, sample_weight=w))
+    # Keras's reduction of the values times the expanded weight, and the same in NumPy.
+    keras_value = ops.convert_to_numpy(loss(y, p, sample_weight=expanded))
+    np.testing.assert_allclose(got, keras_value, rtol=1e-5)
+    reference = _np_reduce(_np_per_position(name, y, p), expanded, reduction)
+    if reduction != "mean":  # Keras's "mean" divides by the weights' sum or the count by version
+        np.testing.assert_allclose(got, reference, rtol=1e-5)
+
+
+def test_per_sample_weights_of_per_position_values_in_fit():
+    y, _, w = _positions()
+    x = np.random.default_rng(9).normal(size=(6, 4, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=L.Huber())
+    model.fit(x, y, sample_weight=w, batch_size=6, epochs=1, verbose=0)
+    p = ops.convert_to_numpy(model(x))
+    expected = _np_reduce(_np_per_position("Huber", y, p), w[:, None], "sum_over_batch_size")
+    got = model.evaluate(x, y, sample_weight=w, batch_size=6, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
