@@ -9,6 +9,7 @@ from keras import ops
 
 import losskit
 from losskit import losses as L
+from tests import test_fuzz_contracts as fuzz  # the harness's valid inputs of every class
 
 BIG = 2**32 + 1  # int32 wraps it to 1: a valid class, the silent wrong answer this guards
 
@@ -289,3 +290,38 @@ def test_per_sample_weights_of_per_position_values_in_fit():
     expected = _np_reduce(_np_per_position("Huber", y, p), w[:, None], "sum_over_batch_size")
     got = model.evaluate(x, y, sample_weight=w, batch_size=6, verbose=0)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+# --- Lists, as Keras's functions take them --------------------------------------------------
+KERAS_FUNCTIONS = {
+    "MSE": keras.losses.mean_squared_error, "MAE": keras.losses.mean_absolute_error,
+    "Huber": keras.losses.huber, "LogCosh": keras.losses.log_cosh,
+    "BinaryCrossentropy": keras.losses.binary_crossentropy,
+    "CategoricalCrossentropy": keras.losses.categorical_crossentropy,
+    "SparseCategoricalCrossentropy": keras.losses.sparse_categorical_crossentropy,
+    "Hinge": keras.losses.hinge, "SquaredHinge": keras.losses.squared_hinge,
+    "MAPE": keras.losses.mean_absolute_percentage_error,
+    "MSLE": keras.losses.mean_squared_logarithmic_error,
+    "KLDivergence": keras.losses.kl_divergence,
+}
+
+
+@pytest.mark.parametrize("name", sorted(L.CLASSES))
+def test_every_library_function_takes_lists(name):
+    fn = L.CLASSES[name].fn
+    y, p = fuzz._inputs(name)
+    expected = ops.convert_to_numpy(fn(y, p))
+    got = ops.convert_to_numpy(fn(y.tolist(), p.tolist()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    if name in KERAS_FUNCTIONS:  # where Keras's function takes the lists: the same values
+        try:
+            keras_value = ops.convert_to_numpy(KERAS_FUNCTIONS[name](y.tolist(), p.tolist()))
+        except Exception:  # noqa: BLE001 - Keras's sparse CE reads y_pred.shape of a list
+            return
+        np.testing.assert_allclose(got, keras_value, rtol=1e-4, atol=1e-6)
+
+
+def test_the_issue_example_takes_lists():
+    got = L.mse([[1.0], [2.0]], [[0.0], [0.0]])
+    np.testing.assert_allclose(ops.convert_to_numpy(got), [1.0, 4.0])
+    assert "float32" in str(got.dtype)  # Python floats in floatx, as Keras converts them
