@@ -10,6 +10,7 @@ from keras import ops
 import losskit
 from losskit import losses as L
 from tests import test_fuzz_contracts as fuzz  # the harness's valid inputs of every class
+from tests.conftest import only_backend
 
 BIG = 2**32 + 1  # int32 wraps it to 1: a valid class, the silent wrong answer this guards
 
@@ -325,3 +326,32 @@ def test_the_issue_example_takes_lists():
     got = L.mse([[1.0], [2.0]], [[0.0], [0.0]])
     np.testing.assert_allclose(ops.convert_to_numpy(got), [1.0, 4.0])
     assert "float32" in str(got.dtype)  # Python floats in floatx, as Keras converts them
+
+
+# --- Shapes unknown while tracing (TensorFlow input signatures with None) -----------------
+@only_backend("tensorflow")  # JAX and torch know every shape when they trace
+@pytest.mark.parametrize("call, name", [
+    (lambda a, b: L.mse(a, b), "mse"), (lambda a, b: L.MSE()(a, b), "MSE"),
+    (lambda a, b: L.huber(a, b), "huber")])
+@pytest.mark.parametrize("other", [(4, 1), (4, 2)])
+def test_shapes_unknown_while_tracing_are_checked_when_the_graph_runs(call, name, other):
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, None], "float32")] * 2
+    fn = tf.function(call, input_signature=spec)
+    a = np.random.default_rng(10).normal(size=(4, 3)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(fn(a, 2 * a)),
+                               ops.convert_to_numpy(call(a, 2 * a)), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{name}.{{1,3}}: y_true"):
+        fn(a, np.zeros(other, "float32"))
+
+
+@only_backend("tensorflow")
+def test_sparse_labels_unknown_while_tracing_are_checked_when_the_graph_runs():
+    import tensorflow as tf
+
+    fn = tf.function(lambda y, z: L.sparse_categorical_crossentropy(y, z, from_logits=True),
+                     input_signature=[tf.TensorSpec([None], "int32"),
+                                      tf.TensorSpec([None, 3], "float32")])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sparse_categorical_crossentropy"):
+        fn(np.array([0, 1, 2], "int32"), _logits((4, 3)))

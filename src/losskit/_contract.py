@@ -106,12 +106,13 @@ def align(owner, y_true, y_pred, sparse_labels=False):
     if sparse_labels:
         if len(t) == len(p) and t and t[-1] == 1:
             y_true = ops.squeeze(y_true, axis=-1)
+        message = (
+            f"{owner}: labels of shape {t} do not match predictions of shape {p}; "
+            f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
+        )
         if not _compatible(_shape(y_true), p[:-1]):
-            raise ValueError(
-                f"{owner}: labels of shape {t} do not match predictions of shape {p}; "
-                f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
-            )
-        return y_true, y_pred
+            raise ValueError(message)
+        return _at_run_time(message, y_true, y_pred, True), y_pred
     if len(p) == len(t) == 1:
         # A vector is one scalar output per sample; without the trailing axis a function that
         # averages over axis -1 would average over the batch.
@@ -120,13 +121,23 @@ def align(owner, y_true, y_pred, sparse_labels=False):
         y_true = ops.expand_dims(y_true, -1)
     elif len(t) == len(p) + 1 and t[-1] == 1:
         y_pred = ops.expand_dims(y_pred, -1)
+    message = (
+        f"{owner}: y_true of shape {t} and y_pred of shape {p} are incompatible. "
+        "They must have the same shape (a trailing axis of size 1 on either side is aligned); "
+        "losskit never broadcasts them against each other."
+    )
     if not _compatible(_shape(y_true), _shape(y_pred)):
-        raise ValueError(
-            f"{owner}: y_true of shape {t} and y_pred of shape {p} are incompatible. "
-            "They must have the same shape (a trailing axis of size 1 on either side is aligned); "
-            "losskit never broadcasts them against each other."
-        )
-    return y_true, y_pred
+        raise ValueError(message)
+    return _at_run_time(message, y_true, y_pred, False), y_pred
+
+
+def _at_run_time(message, y_true, y_pred, sparse):
+    """Shapes that were compatible only because a dimension is unknown while tracing are checked
+    when the graph runs (TensorFlow `tf.function` with `None` dimensions)."""
+    known = _shape(y_true) + _shape(y_pred)
+    if None not in known or not backend.is_traced(y_pred):
+        return y_true
+    return backend.assert_same_shape(message, y_true, y_pred, drop_last=sparse)
 
 
 def check_per_sample(owner, values, batch_size=None):

@@ -40,6 +40,14 @@ def integer_bits():
     return _impl().integer_bits()
 
 
+def assert_same_shape(message, a, b, drop_last=False):
+    """`a`, guarded so that computing it fails with `message` unless `a`'s shape equals `b`'s
+    (`b`'s without its last axis if `drop_last`), for dimensions unknown while tracing
+    (TensorFlow's `tf.function` with an `input_signature` of `None`). JAX and torch always know
+    their shapes when tracing, and return `a`; under XLA TensorFlow drops the assertion."""
+    return _impl().assert_same_shape(message, a, b, drop_last)
+
+
 def replica_context():
     """`(replicas in sync, context)` inside a `tf.distribute` replica; `(1, None)` elsewhere.
 
