@@ -355,3 +355,50 @@ def test_sparse_labels_unknown_while_tracing_are_checked_when_the_graph_runs():
                                       tf.TensorSpec([None, 3], "float32")])
     with pytest.raises(tf.errors.InvalidArgumentError, match="sparse_categorical_crossentropy"):
         fn(np.array([0, 1, 2], "int32"), _logits((4, 3)))
+
+
+# --- check_gradients' own contract ---------------------------------------------------------
+def _double(x):
+    return x * 2.0
+
+
+@pytest.mark.parametrize("wrt", [[3], [-1], [], [0.5]])
+def test_check_gradients_refuses_to_check_nothing(wrt):
+    with pytest.raises(ValueError, match=r"check_gradients\(_double\): wrt"):
+        losskit.gradients.check_gradients(_double, np.array([1.0, 2.0]), wrt=wrt)
+
+
+def test_check_gradients_refuses_integer_only_inputs():
+    with pytest.raises(ValueError, match=r"check_gradients\(_double\): no input to check"):
+        losskit.gradients.check_gradients(_double, np.array([1, 2]))
+
+
+@pytest.mark.parametrize("param, value", [("eps", 0), ("eps", -1e-6), ("eps", float("nan")),
+                                          ("atol", -1.0), ("rtol", "1e-5")])
+def test_check_gradients_parameters_are_checked(param, value):
+    with pytest.raises((ValueError, TypeError), match=rf"check_gradients: parameter '{param}'"):
+        losskit.gradients.check_gradients(_double, np.array([1.0, 2.0]), **{param: value})
+
+
+def _sqrt(x):
+    return ops.sqrt(x)
+
+
+def test_check_gradients_reports_a_nan_value():
+    report = losskit.gradients.check_gradients(_sqrt, np.array([1.0, 2.0, -1.0]))
+    assert not report.ok
+    assert "function value is nan at index (2,)" in str(report)
+
+
+@losskit.custom_gradient
+def _no_rule(x):
+    return x * 2.0, None
+
+
+def test_custom_gradient_without_grad_fn_names_the_function():
+    x = ops.convert_to_tensor(np.array([1.0, 2.0], "float32"))
+    match = r"custom_gradient '_no_rule': the function must return \(value, grad_fn\)"
+    with pytest.raises(ValueError, match=match):
+        losskit.backend.value_and_grad(lambda x: ops.sum(_no_rule(x)), [x])
+    with pytest.raises(ValueError, match=match):
+        losskit.gradients.check_gradients(_no_rule, np.array([1.0, 2.0]))
