@@ -47,6 +47,43 @@ def check_floating(owner, x, what="y_pred"):
         )
 
 
+def host_input(owner, x, what):
+    """`x` as the backend will receive it, checked before any conversion.
+
+    Lists and tuples become NumPy arrays (Python floats in `keras.backend.floatx()`, as Keras
+    converts them), so every library function takes what Keras's functions take. Host integers
+    (NumPy arrays, lists) must survive the conversion to a tensor: under JAX without x64 int64
+    becomes int32, and a label 2**32 + 1 would silently become class 1. Such values raise a
+    ValueError naming `owner` and the value, whatever the loss does with them.
+    """
+    if isinstance(x, (list, tuple)):
+        try:
+            array = np.asarray(x)
+        except ValueError:  # ragged: left to the loss's own checks
+            return x
+        if array.dtype.kind == "f":
+            array = array.astype(keras.backend.floatx())
+        x = array
+    if not isinstance(x, (np.ndarray, np.generic)) or x.dtype.kind not in "iu" or not x.size:
+        return x
+    bits = backend.integer_bits()
+    if x.dtype.itemsize * 8 <= bits:
+        return x
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    outside = (x < low) | (x > high)
+    if outside.any():
+        bad = np.unique(x[outside])
+        shown = ", ".join(str(v) for v in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+        raise ValueError(
+            f"{owner}: {what} holds integers outside [{low}, {high}] ({shown}), which the "
+            f"{backend.name()} backend would wrap around when it converts them to int{bits} "
+            "tensors. Class indices must lie in [0, num_classes); other integers must fit in "
+            f"int{bits} (under JAX, enable 64-bit types with jax.config.update('jax_enable_x64', "
+            "True))."
+        )
+    return x
+
+
 def _shape(x):
     """Static shape of a tensor, array, Python/NumPy number (`()`) or nested list."""
     shape = getattr(x, "shape", None)
@@ -69,12 +106,13 @@ def align(owner, y_true, y_pred, sparse_labels=False):
     if sparse_labels:
         if len(t) == len(p) and t and t[-1] == 1:
             y_true = ops.squeeze(y_true, axis=-1)
+        message = (
+            f"{owner}: labels of shape {t} do not match predictions of shape {p}; "
+            f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
+        )
         if not _compatible(_shape(y_true), p[:-1]):
-            raise ValueError(
-                f"{owner}: labels of shape {t} do not match predictions of shape {p}; "
-                f"expected integer class indices of shape {p[:-1]} (or {p[:-1] + (1,)})."
-            )
-        return y_true, y_pred
+            raise ValueError(message)
+        return _at_run_time(message, y_true, y_pred, True), y_pred
     if len(p) == len(t) == 1:
         # A vector is one scalar output per sample; without the trailing axis a function that
         # averages over axis -1 would average over the batch.
@@ -83,13 +121,23 @@ def align(owner, y_true, y_pred, sparse_labels=False):
         y_true = ops.expand_dims(y_true, -1)
     elif len(t) == len(p) + 1 and t[-1] == 1:
         y_pred = ops.expand_dims(y_pred, -1)
+    message = (
+        f"{owner}: y_true of shape {t} and y_pred of shape {p} are incompatible. "
+        "They must have the same shape (a trailing axis of size 1 on either side is aligned); "
+        "losskit never broadcasts them against each other."
+    )
     if not _compatible(_shape(y_true), _shape(y_pred)):
-        raise ValueError(
-            f"{owner}: y_true of shape {t} and y_pred of shape {p} are incompatible. "
-            "They must have the same shape (a trailing axis of size 1 on either side is aligned); "
-            "losskit never broadcasts them against each other."
-        )
-    return y_true, y_pred
+        raise ValueError(message)
+    return _at_run_time(message, y_true, y_pred, False), y_pred
+
+
+def _at_run_time(message, y_true, y_pred, sparse):
+    """Shapes that were compatible only because a dimension is unknown while tracing are checked
+    when the graph runs (TensorFlow `tf.function` with `None` dimensions)."""
+    known = _shape(y_true) + _shape(y_pred)
+    if None not in known or not backend.is_traced(y_pred):
+        return y_true
+    return backend.assert_same_shape(message, y_true, y_pred, drop_last=sparse)
 
 
 def check_per_sample(owner, values, batch_size=None):
@@ -127,6 +175,25 @@ def check_sample_weight(owner, sample_weight, values):
             f"leading part of {target}). losskit never broadcasts weights silently."
         )
     return shape
+
+
+def expand_weight(sample_weight, shape, values):
+    """`sample_weight` (of `shape`, from `check_sample_weight`) broadcast to `values`' shape when
+    it weights a leading part of it, e.g. one weight per sample `(B,)` for per-position values
+    `(B, T)`: each sample's weight applies to each of its positions, as in an `Objective`.
+
+    Keras's reduction aligns ranks that differ by one trailing axis of 1 only, so it would fail
+    on `(B,)` against `(B, T)` (or broadcast `(B, 1)` against `(B, T, K)` along the wrong axes).
+    Weights of `values`' own rank, and scalars, are returned unchanged: Keras takes them as they
+    are."""
+    rank = len(_shape(values))
+    if not shape or len(shape) >= rank:
+        return sample_weight
+    weight = ops.convert_to_tensor(sample_weight)
+    weight = ops.reshape(weight, tuple(-1 if d is None else d for d in shape))
+    for _ in range(rank - len(shape)):
+        weight = ops.expand_dims(weight, -1)
+    return ops.broadcast_to(weight, ops.shape(values))
 
 
 def invalid_labels(owner, labels, num_classes, ignore_index=None):

@@ -113,6 +113,8 @@ def bind_parameters(cls, args, params):
         # neither the loss nor the parameter.
         if key in cls.domains:
             cls.domains[key].validate(f"{cls.__name__}", key, value)
+            if isinstance(value, np.generic):  # a Python number in the config and the math
+                params[key] = value.item()
         elif _numeric_default(cls.defaults[key]) and not _is_number(value):
             raise TypeError(
                 f"{cls.__name__}: parameter '{key}' must be a number (int or float), got "

@@ -27,6 +27,8 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
         return f"loss '{self.name}'"
 
     def __call__(self, y_true, y_pred, sample_weight=None):
+        y_true = _contract.host_input(self._owner, y_true, "y_true")
+        y_pred = _contract.host_input(self._owner, y_pred, "y_pred")
         _contract.check_floating(self._owner, y_pred)
         _contract.check_numeric(self._owner, y_true, "y_true")
         in_mask = get_keras_mask(y_pred)
@@ -39,7 +41,8 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
             except Exception as error:  # noqa: BLE001 - backend errors get the loss's name
                 raise _contract.named(error, self._owner) from error
             if sample_weight is not None:
-                _contract.check_sample_weight(self._owner, sample_weight, losses)
+                shape = _contract.check_sample_weight(self._owner, sample_weight, losses)
+                sample_weight = _contract.expand_weight(sample_weight, shape, losses)
             out_mask = get_keras_mask(losses)
             masks = [m for m in (in_mask, out_mask) if m is not None]
             mask = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)

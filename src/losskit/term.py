@@ -155,6 +155,9 @@ class Term:
                 )
             else:
                 constants[key] = value
+        # A library function's declared domains hold for its constants here, at construction,
+        # as they do for a Loss class's parameters (not at the first step).
+        domains.validate(f"Term '{self.name}'", getattr(target, "domains", {}), constants)
         self.constants = constants
         self._call_constants = {**loss_constants, **constants}
         # A function that reduces itself (`fn.kept_positions`: the fused losses) is handed each
@@ -234,8 +237,12 @@ class Term:
         floatx = keras.backend.floatx()
         # NumPy arrays become tensors: outside `fit` (torch `train_on_batch`, a hand-written
         # loop) side data and labels can arrive as NumPy, which torch cannot mix with tensors.
+        owner = f"Term '{self.name}'"
         tensors = {
-            p: _precision.to_float(_precision.as_tensor(lookup(self.name, p, s)), floatx)
+            p: _precision.to_float(
+                _precision.as_tensor(_contract.host_input(owner, lookup(self.name, p, s), p)),
+                floatx,
+            )
             for p, s in self.sources.items()
         }
         if "y_true" in tensors and "y_pred" in tensors:

@@ -34,6 +34,20 @@ def is_traced(x):
     return _impl().is_traced(x)
 
 
+def integer_bits():
+    """The widest integer a host value keeps when it becomes a tensor: 32 under JAX without x64
+    (`jnp.asarray` narrows int64 to int32, wrapping larger values around), else 64."""
+    return _impl().integer_bits()
+
+
+def assert_same_shape(message, a, b, drop_last=False):
+    """`a`, guarded so that computing it fails with `message` unless `a`'s shape equals `b`'s
+    (`b`'s without its last axis if `drop_last`), for dimensions unknown while tracing
+    (TensorFlow's `tf.function` with an `input_signature` of `None`). JAX and torch always know
+    their shapes when tracing, and return `a`; under XLA TensorFlow drops the assertion."""
+    return _impl().assert_same_shape(message, a, b, drop_last)
+
+
 def replica_context():
     """`(replicas in sync, context)` inside a `tf.distribute` replica; `(1, None)` elsewhere.
 

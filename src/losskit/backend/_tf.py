@@ -15,6 +15,17 @@ from tensorflow.python.ops import control_flow_util
 from losskit.backend import pack_upstream
 
 
+def integer_bits():
+    return 64
+
+
+def assert_same_shape(message, a, b, drop_last):
+    expected = tf.shape(b)[:-1] if drop_last else tf.shape(b)
+    check = tf.debugging.assert_equal(tf.shape(a), expected, message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(a)
+
+
 def replica_context():
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from losskit import backend
+from losskit import backend, domains
 from losskit.gradients.autodiff import value_and_grad
-from losskit.gradients.custom import declared_none_as_nan, plain_autodiff
+from losskit.gradients.custom import declared_none_as_nan, plain_autodiff, value_and_rule
 
 
 @contextlib.contextmanager
@@ -85,10 +85,11 @@ class GradientReport:
     eps: float
     atol: float
     rtol: float
+    value_note: str = ""  # where the function's value is NaN or infinite: no gradient is valid
 
     @property
     def ok(self):
-        return all(c.ok for c in self.inputs)
+        return not self.value_note and all(c.ok for c in self.inputs)
 
     @property
     def max_abs_error(self):
@@ -111,6 +112,8 @@ class GradientReport:
             f"check_gradients({self.function}): {'OK' if self.ok else 'FAILED'} "
             f"(atol={self.atol:g}, rtol={self.rtol:g}, eps={self.eps:g})"
         ]
+        if self.value_note:
+            lines.append(f"  {self.value_note}")
         for c in self.inputs:
             head = f"  input {c.position} '{c.name}' {c.shape}"
             if not c.checked:
@@ -203,7 +206,7 @@ def _declared_none(fn, inputs):
     """Positions for which a `@custom_gradient` function's grad_fn returns None (labels)."""
     if not getattr(fn, "is_custom_gradient", False):
         return set()
-    value, grad_fn = fn.rule(*inputs)
+    value, grad_fn = value_and_rule(getattr(fn, "__name__", "fn"), fn.rule(*inputs))
     upstream = keras.tree.map_structure(ops.ones_like, value)
     grads = grad_fn(upstream)
     if not isinstance(grads, (tuple, list)):
@@ -282,10 +285,26 @@ def check_gradients(
         `None` for inputs not checked),
         `inputs` (a detailed `InputCheck` per input) and a readable `str()`.
     """
+    domains.positive.validate("check_gradients", "eps", eps)
+    domains.nonnegative.validate("check_gradients", "atol", atol)
+    domains.nonnegative.validate("check_gradients", "rtol", rtol)
     arrays = [np.asarray(ops.convert_to_numpy(x)) for x in inputs]
     floating = [np.issubdtype(a.dtype, np.floating) for a in arrays]
     names = _parameter_names(fn, len(arrays))
     fn_name = getattr(fn, "__name__", type(fn).__name__)
+    if wrt is not None:
+        bad = [i for i in wrt if isinstance(i, bool) or not isinstance(i, (int, np.integer))
+               or not 0 <= i < len(arrays)]
+        if bad or not len(wrt):
+            raise ValueError(
+                f"check_gradients({fn_name}): wrt must list positions of its {len(arrays)} "
+                f"input(s) (0 to {len(arrays) - 1}), got {list(wrt)!r}: nothing would be checked."
+            )
+    if not any(floating):
+        raise ValueError(
+            f"check_gradients({fn_name}): no input to check: none of its {len(arrays)} input(s) "
+            "is floating point."
+        )
 
     # Python-float constants in `fn` (`ops.where(e > 0, alpha, 1 - alpha)`) become tensors of
     # `floatx`, so each computation runs with `floatx` set to its inputs' dtype: TensorFlow
@@ -305,6 +324,15 @@ def check_gradients(
                 "inputs, so finite differences would measure rounding noise. Check the plain "
                 "function (e.g. `Huber.fn`, `losskit.losses.huber`) rather than a float32 Loss "
                 "instance, and avoid hard-coded float32 casts."
+            )
+        value_note = ""
+        bad_value = ~np.isfinite(np.asarray(value, dtype=np.float64))
+        if bad_value.any():
+            first = tuple(int(i) for i in np.argwhere(bad_value)[0])
+            value_note = (
+                f"function value is {np.asarray(value)[first]} at index {first} "
+                f"({int(bad_value.sum())} of {bad_value.size} values NaN or infinite): no "
+                "gradient can be checked there. FAILED."
             )
         weights = np.random.default_rng(seed).uniform(0.5, 1.5, size=np.shape(value))
 
@@ -360,7 +388,14 @@ def check_gradients(
                 fd[j] = (up - down) / (step - x[j])
             check.finite_differences = _compare("finite_differences", got, fd, atol, rtol)
 
-    report = GradientReport(function=fn_name, inputs=checks, eps=eps, atol=atol, rtol=rtol)
+    if not any(c.checked for c in checks):
+        raise ValueError(
+            f"check_gradients({fn_name}): no input to check: "
+            + "; ".join(f"input {c.position} '{c.name}' {c.reason}" for c in checks)
+            + ". Pass wrt= with the positions of floating inputs."
+        )
+    report = GradientReport(function=fn_name, inputs=checks, eps=eps, atol=atol, rtol=rtol,
+                            value_note=value_note)
     if raise_on_error:
         report.raise_if_failed()
     return report

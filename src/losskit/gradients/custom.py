@@ -97,6 +97,21 @@ def _same_shape(a, b):
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
+def value_and_rule(name, result):
+    """`(value, grad_fn)` from what a `@custom_gradient` function returned, or a ValueError
+    naming it (a `None` or a tensor in place of `grad_fn` would otherwise fail at the first
+    backward pass as "'NoneType' object is not callable", naming nothing)."""
+    if not (isinstance(result, (tuple, list)) and len(result) == 2 and callable(result[1])):
+        got = (f"({type(result[0]).__name__}, {result[1]!r})"
+               if isinstance(result, (tuple, list)) and len(result) == 2
+               else type(result).__name__)
+        raise ValueError(
+            f"losskit.custom_gradient '{name}': the function must return (value, grad_fn), "
+            f"with grad_fn(upstream) returning one gradient per input; got {got}."
+        )
+    return result
+
+
 def custom_gradient(f):
     """Decorator: `f(*tensors)` returns `(value, grad_fn)` and `grad_fn(upstream)` returns one
     gradient per input, the same on the TensorFlow, JAX and PyTorch backends.
@@ -144,7 +159,7 @@ def custom_gradient(f):
             full = list(values)
             for i, x in zip(wrt + fixed, list(diff) + list(constants)):
                 full[i] = x
-            value, grad_fn = call(full)
+            value, grad_fn = value_and_rule(f.__name__, call(full))
 
             def rule(upstream):
                 grads = grad_fn(upstream)

@@ -23,6 +23,7 @@ import functools
 import inspect
 
 import keras
+import numpy as np
 from keras import ops
 
 from losskit import _contract, _precision, _wrap
@@ -69,17 +70,27 @@ def register(fn=None, *, precision="float32", domains=None, shapes=None):
     signature = inspect.signature(fn)
     owner = f"loss '{fn.__name__}'"
     pair = _pair(fn, shapes)
+    # The inputs a list may be given for: every parameter without a declared domain (those
+    # with one are numbers, flags and options).
+    tensors = set(signature.parameters) - set(declared)
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        if not declared and pair is None:
-            return inner(*args, **kwargs)
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as error:
             raise TypeError(f"{owner}: {error}") from None
         arguments = bound.arguments
         _domains.validate(owner, declared, arguments)
+        for key, value in arguments.items():
+            if key in declared and isinstance(value, np.generic):
+                # A NumPy scalar parameter (np.float64(0.5)) would otherwise mix its dtype into
+                # float32 math (TensorFlow refuses float64 + float32): a Python number, as Keras
+                # takes it.
+                arguments[key] = value.item()
+            elif key in tensors or isinstance(value, (np.ndarray, np.generic)):
+                # Lists become arrays; host integers are checked before anything converts them.
+                arguments[key] = _contract.host_input(owner, value, key)
         if pair is not None and "y_true" in arguments and "y_pred" in arguments:
             _contract.check_floating(owner, arguments["y_pred"])
             _contract.check_numeric(owner, arguments["y_true"], "y_true")

@@ -28,8 +28,9 @@ from losskit.losses._common import (
     register,
 )
 
-# Keras's label smoothing: the target keeps weight 1 - s, so s = 1 would erase it.
-_SMOOTHING = dom.interval(0, 1, high_closed=False)
+# Keras's label smoothing, "a float in [0, 1]": s = 1 replaces every target by the uniform
+# distribution (Keras accepts it, and the loss stays finite).
+SMOOTHING = dom.probability
 
 
 def _log_probs(y_pred, from_logits, axis=-1):
@@ -53,7 +54,7 @@ def _smooth(y_true, label_smoothing, num_classes):
     return y_true
 
 
-@register(domains=dict(from_logits=dom.boolean, label_smoothing=_SMOOTHING))
+@register(domains=dict(from_logits=dom.boolean, label_smoothing=SMOOTHING))
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
     r"""Cross-entropy with one-hot (or soft) targets:
     :math:`-\sum_k y_k \log p_k`, with :math:`p = \operatorname{softmax}(z)` for logits
@@ -79,7 +80,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
 
 
 @register(domains=dict(
-    from_logits=dom.boolean, label_smoothing=_SMOOTHING,
+    from_logits=dom.boolean, label_smoothing=SMOOTHING,
     ignore_index=dom.optional(dom.integer)), shapes="sparse")
 def sparse_categorical_crossentropy(
     y_true, y_pred, from_logits=False, label_smoothing=0.0, ignore_index=None
@@ -115,7 +116,7 @@ def sparse_categorical_crossentropy(
 
 
 @register(domains=dict(
-    from_logits=dom.boolean, label_smoothing=_SMOOTHING,
+    from_logits=dom.boolean, label_smoothing=SMOOTHING,
     pos_weight=dom.nonnegative))
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, pos_weight=1.0):
     r"""Binary cross-entropy with a positive-class weight :math:`w_+`:
@@ -178,7 +179,7 @@ def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary
 
 
 @register(domains=dict(
-    epsilon=dom.interval(-1), from_logits=dom.boolean, label_smoothing=_SMOOTHING))
+    epsilon=dom.interval(-1), from_logits=dom.boolean, label_smoothing=SMOOTHING))
 def poly1(y_true, y_pred, epsilon=1.0, from_logits=False, label_smoothing=0.0):
     r"""Poly-1 loss: cross-entropy plus :math:`\epsilon (1 - p_t)`,
     :math:`p_t = \sum_k y_k p_k` (one-hot or soft targets over the last axis).

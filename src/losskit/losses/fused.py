@@ -18,6 +18,7 @@ from losskit import domains as dom
 from losskit.gradients import custom_gradient, in_plain_autodiff
 from losskit.losses import _fused_head as fh
 from losskit.losses._common import family, masked, public, register
+from losskit.losses.classification import SMOOTHING
 
 _NAME = "fused_linear_cross_entropy"
 
@@ -212,7 +213,7 @@ def _scalar_in_place(h, w, b, y, sw, scale, *, head_rows, dtype, opts, chunk_siz
 
 @register(precision="input", domains=dict(
     chunk_size=dom.optional(dom.positive_integer), ignore_index=dom.integer,
-    z_loss=dom.nonnegative, label_smoothing=dom.interval(0, 1, high_closed=False),
+    z_loss=dom.nonnegative, label_smoothing=SMOOTHING,
     reduction=dom.one_of("mean", "sum", "none")))
 def fused_linear_cross_entropy(
     hidden,
@@ -297,7 +298,7 @@ def fused_linear_cross_entropy(
             (a TensorFlow graph of unknown batch size: all tokens at once).
         ignore_index: label value of tokens that do not count.
         z_loss: weight of `lse^2`, which keeps the softmax normaliser near 1.
-        label_smoothing: `e` in [0, 1), as in `keras.losses.CategoricalCrossentropy`.
+        label_smoothing: `e` in [0, 1], as in `keras.losses.CategoricalCrossentropy`.
         reduction: `"mean"` over non-ignored tokens (0 if there are none), `"sum"`, or `"none"`
             for per-token losses of shape `labels.shape` (0 for ignored tokens).
         logit_soft_cap: None, or `c > 0`: the logits are `c * tanh(z / c)` (Gemma-2's

@@ -210,7 +210,7 @@ def supcon(labels, embeddings, temperature=0.1, normalize=True, block_size=None)
     return per_anchor(rows, labels, embeddings, block_size)
 
 
-@register(domains=dict(gamma=dom.positive, margin=dom.nonnegative, block_size=_BLOCK))
+@register(domains=dict(gamma=dom.nonnegative, margin=dom.nonnegative, block_size=_BLOCK))
 def circle(labels, embeddings, gamma=80.0, margin=0.4, block_size=None):
     r"""Circle loss (Sun et al. 2020) on L2-normalised embeddings, pair-based form.
 

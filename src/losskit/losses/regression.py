@@ -46,7 +46,7 @@ def mae(y_true, y_pred):
     return per_sample_mean(ops.abs(_residual(y_true, y_pred)))
 
 
-@register(domains=dict(delta=dom.positive))
+@register(domains=dict(delta=dom.nonnegative))
 def huber(y_true, y_pred, delta=1.0):
     r"""Huber loss: :math:`\tfrac12 e^2` for :math:`|e| \le \delta`, else
     :math:`\delta(|e| - \tfrac12\delta)`. Both branches are exact; the `where` form (as in Keras)
