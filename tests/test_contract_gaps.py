@@ -120,6 +120,7 @@ def _embeddings():
 UNIT = [0, 0.0, 1e-7, np.float32(0.3), 0.5, np.float64(0.999), 1, 1.0, np.int64(1)]
 NONNEGATIVE = [0, 0.0, 1e-7, np.float32(0.3), 1, 2.0, np.int64(3), 1e3]
 POSITIVE = [1e-7, np.float32(0.3), 1, 2.0, np.int64(3), 1e3]
+ANY = [*UNIT, np.float32(1.5), 2, 4.0, -0.5]  # Keras's focal alpha: any number
 
 # (losskit class, {param: keras param}, keras class, fixed kwargs (losskit, keras), inputs, values)
 KERAS_PAIRS = {
@@ -139,14 +140,14 @@ KERAS_PAIRS = {
         lambda: (_binary(), _probs_of(_binary())), NONNEGATIVE),
     "Focal(binary).alpha": (
         L.Focal, "alpha", keras.losses.BinaryFocalCrossentropy, "alpha",
-        ({}, {"apply_class_balancing": True}), lambda: (_binary(), _probs_of(_binary())), UNIT),
+        ({}, {"apply_class_balancing": True}), lambda: (_binary(), _probs_of(_binary())), ANY),
     "Focal(categorical).gamma": (
         L.Focal, "gamma", keras.losses.CategoricalFocalCrossentropy, "gamma",
         ({"mode": "categorical", "alpha": 0.25}, {"alpha": 0.25}),
         lambda: (_onehot(), _softmax_probs()), NONNEGATIVE),
     "Focal(categorical).alpha": (
         L.Focal, "alpha", keras.losses.CategoricalFocalCrossentropy, "alpha",
-        ({"mode": "categorical"}, {}), lambda: (_onehot(), _softmax_probs()), UNIT),
+        ({"mode": "categorical"}, {}), lambda: (_onehot(), _softmax_probs()), ANY),
     "Huber.delta": (
         L.Huber, "delta", keras.losses.Huber, "delta", ({}, {}), _reg, NONNEGATIVE),
     "GeneralizedCrossEntropy.q": (

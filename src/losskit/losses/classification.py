@@ -140,7 +140,9 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
 
 
 @register(domains=dict(
-    gamma=dom.nonnegative, alpha=dom.optional(dom.probability), from_logits=dom.boolean,
+    # Any finite alpha, as Keras's focal losses take it (alpha > 1 in binary mode gives the
+    # negatives a negative weight there too).
+    gamma=dom.nonnegative, alpha=dom.optional(dom.finite), from_logits=dom.boolean,
     mode=dom.one_of("binary", "categorical")))
 def focal(y_true, y_pred, gamma=2.0, alpha=None, from_logits=False, mode="binary"):
     r"""Focal loss: cross-entropy down-weighted on well-classified examples by
