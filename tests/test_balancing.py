@@ -287,6 +287,29 @@ def test_aggregator_step_follows_its_direction_of_the_scheduled_gradients(cls):
     np.testing.assert_allclose(logs["loss"], w * [1.0, 0.5] @ [logs["fit"], logs["pull"]], 1e-5)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_aggregator_direction_of_a_non_finite_jacobian_is_nan_on_every_backend(bad):
+    """A NaN/inf gradient (a NaN batch) gives a NaN direction, not a linear-algebra error (the
+    Gramian's `eigh` failed on TF and torch), so that `nan_policy` can name the term."""
+    jacobian = RNG.normal(size=(2, 4)).astype("float32")  # the shape of the step test's
+    jacobian[1, 2] = bad
+    for cls in AGGREGATORS:
+        d = ops.convert_to_numpy(cls().direction(jacobian))
+        assert d.shape == (4,) and np.isnan(d).all(), cls.__name__
+
+
+@pytest.mark.parametrize("cls", [UPGrad, MGDA], ids=lambda c: c.__name__)
+def test_aggregator_nan_batch_raises_nan_policy_error_naming_the_term(cls):
+    target = T.copy()
+    target[5] = np.nan  # batch 1 of batch_size 4
+    m = ObjectiveModel(inner(), terms(), balance=cls(), nan_policy="raise")
+    m.compile(optimizer=keras.optimizers.SGD(LR))
+    with pytest.raises(
+        FloatingPointError, match=r"term 'pull' became nan in fit, epoch 1, batch 1 "
+    ):
+        m.fit({"features": X, "t": target}, Y, batch_size=4, shuffle=False, verbose=0)
+
+
 # ----- FAMO, RLW, GradNormScale -----------------------------------------------------------------
 
 
