@@ -129,6 +129,23 @@ def check_sample_weight(owner, sample_weight, values):
     return shape
 
 
+def shape_sample_weight(owner, sample_weight, values):
+    """`sample_weight` checked by `check_sample_weight` and shaped to multiply `values`: of their
+    rank, with axes of 1 where it gives one weight for all positions. Keras would broadcast `(B,)`
+    weights against `(B, T)` values from the right (silently wrong where `B == T`)."""
+    sw = sample_weight
+    if not isinstance(sw, keras.KerasTensor):
+        sw = ops.convert_to_tensor(sw)
+    if backend.rank_unknown(sw):  # TensorFlow: known only when the step runs
+        return backend.sample_weight_of_rank(sw, values)
+    shape = check_sample_weight(owner, sw, values)
+    if len(shape) < len(_shape(sw)):  # trailing 1s dropped
+        sw = ops.reshape(sw, [-1 if d is None else d for d in shape])
+    for _ in range(len(values.shape) - len(shape)):
+        sw = ops.expand_dims(sw, -1)
+    return sw
+
+
 def invalid_labels(owner, labels, num_classes, ignore_index=None):
     """The label rule for integer class indices: each label is an integer in `[0, num_classes)`
     or `ignore_index`.
