@@ -351,6 +351,28 @@ def test_famo_three_steps_against_its_update_rule():
     np.testing.assert_allclose(ops.convert_to_numpy(state[0]), xi, rtol=1e-4, atol=1e-6)
 
 
+def negative_error(a, b):
+    return -square_error(a, b)
+
+
+def test_famo_negative_term_raises_naming_famo_and_the_term():
+    """FAMO weights log L_t: a negative term makes every weight NaN from the first step;
+    nan_policy="raise" says why, naming the term."""
+    objective = Objective(
+        [
+            Term(square_error, a="pred", b="y", name="fit"),
+            Term(negative_error, a="pred", b="x.t", name="gain"),
+        ]
+    )
+    m = ObjectiveModel(inner(), objective, balance=FAMO(), nan_policy="raise")
+    m.compile(optimizer=keras.optimizers.SGD(LR))
+    with pytest.raises(
+        FloatingPointError,
+        match=r"term 'loss' became nan in fit, epoch 1, batch 0 .*FAMO .* must be >= 0; 'gain' = -",
+    ):
+        fit(m)
+
+
 def test_rlw_draws_k_softmax_of_seeded_normals_each_step():
     m = model(balance=RLW(seed=7))
     kernel, bias = params(m)
