@@ -287,6 +287,29 @@ def test_aggregator_step_follows_its_direction_of_the_scheduled_gradients(cls):
     np.testing.assert_allclose(logs["loss"], w * [1.0, 0.5] @ [logs["fit"], logs["pull"]], 1e-5)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_aggregator_direction_of_a_non_finite_jacobian_is_nan_on_every_backend(bad):
+    """A NaN/inf gradient (a NaN batch) gives a NaN direction, not a linear-algebra error (the
+    Gramian's `eigh` failed on TF and torch), so that `nan_policy` can name the term."""
+    jacobian = RNG.normal(size=(2, 4)).astype("float32")  # the shape of the step test's
+    jacobian[1, 2] = bad
+    for cls in AGGREGATORS:
+        d = ops.convert_to_numpy(cls().direction(jacobian))
+        assert d.shape == (4,) and np.isnan(d).all(), cls.__name__
+
+
+@pytest.mark.parametrize("cls", [UPGrad, MGDA], ids=lambda c: c.__name__)
+def test_aggregator_nan_batch_raises_nan_policy_error_naming_the_term(cls):
+    target = T.copy()
+    target[5] = np.nan  # batch 1 of batch_size 4
+    m = ObjectiveModel(inner(), terms(), balance=cls(), nan_policy="raise")
+    m.compile(optimizer=keras.optimizers.SGD(LR))
+    with pytest.raises(
+        FloatingPointError, match=r"term 'pull' became nan in fit, epoch 1, batch 1 "
+    ):
+        m.fit({"features": X, "t": target}, Y, batch_size=4, shuffle=False, verbose=0)
+
+
 # ----- FAMO, RLW, GradNormScale -----------------------------------------------------------------
 
 
@@ -326,6 +349,28 @@ def test_famo_three_steps_against_its_update_rule():
     assert not np.allclose(xi, 0.0, atol=1e-3)  # the logits moved
     state = [v for v in m.non_trainable_variables if "famo_logits" in v.path]
     np.testing.assert_allclose(ops.convert_to_numpy(state[0]), xi, rtol=1e-4, atol=1e-6)
+
+
+def negative_error(a, b):
+    return -square_error(a, b)
+
+
+def test_famo_negative_term_raises_naming_famo_and_the_term():
+    """FAMO weights log L_t: a negative term makes every weight NaN from the first step;
+    nan_policy="raise" says why, naming the term."""
+    objective = Objective(
+        [
+            Term(square_error, a="pred", b="y", name="fit"),
+            Term(negative_error, a="pred", b="x.t", name="gain"),
+        ]
+    )
+    m = ObjectiveModel(inner(), objective, balance=FAMO(), nan_policy="raise")
+    m.compile(optimizer=keras.optimizers.SGD(LR))
+    with pytest.raises(
+        FloatingPointError,
+        match=r"term 'loss' became nan in fit, epoch 1, batch 0 .*FAMO .* must be >= 0; 'gain' = -",
+    ):
+        fit(m)
 
 
 def test_rlw_draws_k_softmax_of_seeded_normals_each_step():

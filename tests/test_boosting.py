@@ -310,6 +310,9 @@ def test_bad_input_names_the_loss():
     multi = boosting.objective(keras.losses.CategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match=r"'categorical_crossentropy'.*class indices in \[0, 3\)"):
         multi.gradients(np.array([0, 1, 3]), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"integer class indices in \[0, 3\), got non-integer "
+                       r"values 1\.5$"):  # fmt: skip
+        multi.gradients(np.array([0.0, 1.5, 2.0]), np.zeros((3, 3)))
     with pytest.raises(ValueError, match=r"one score per class.*num_class"):
         multi.gradients(np.array([0, 1, 2]), np.zeros(3))  # booster without num_class
     bce = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True))

@@ -456,3 +456,29 @@ def test_clear_errors():
 def test_registered_for_serialization():
     name = keras.saving.get_registered_name(fused_linear_cross_entropy)
     assert name == "losskit.losses>fused_linear_cross_entropy"
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch_is_zero_on_every_backend(reduction, chunk_size=None):
+    """No tokens: the naive head's value (0, or no values) and zero weight gradients, for both
+    fused losses (JAX traced its chunk loop's body on a chunk of nothing; the default chunk of
+    no tokens is 1 token)."""
+    from losskit.losses.fused_distillation import fused_linear_distillation
+
+    rng = np.random.default_rng(0)
+    h = np.zeros((0, 4), "float32")
+    w, t = rng.normal(size=(2, 7, 4)).astype("float32")
+    y = np.zeros((0,), "int32")
+    want = ops.convert_to_numpy(naive(ops.convert_to_tensor(h), w, y, reduction=reduction))
+    losses = {
+        "ce": lambda h, w: fused_linear_cross_entropy(h, w, y, chunk_size=chunk_size,
+                                                      reduction=reduction),  # fmt: skip
+        "distillation": lambda h, w: fused_linear_distillation(
+            h, w, h, t, y, chunk_size=chunk_size, reduction=reduction
+        ),
+    }
+    for name, fn in losses.items():
+        value, (dh, dw) = value_and_grad(fn, h, w)
+        assert value.shape == want.shape, name
+        np.testing.assert_array_equal(value, want, err_msg=name)
+        assert dh.shape == (0, 4) and np.all(dw == 0), name

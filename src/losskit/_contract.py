@@ -177,23 +177,21 @@ def check_sample_weight(owner, sample_weight, values):
     return shape
 
 
-def expand_weight(sample_weight, shape, values):
-    """`sample_weight` (of `shape`, from `check_sample_weight`) broadcast to `values`' shape when
-    it weights a leading part of it, e.g. one weight per sample `(B,)` for per-position values
-    `(B, T)`: each sample's weight applies to each of its positions, as in an `Objective`.
-
-    Keras's reduction aligns ranks that differ by one trailing axis of 1 only, so it would fail
-    on `(B,)` against `(B, T)` (or broadcast `(B, 1)` against `(B, T, K)` along the wrong axes).
-    Weights of `values`' own rank, and scalars, are returned unchanged: Keras takes them as they
-    are."""
-    rank = len(_shape(values))
-    if not shape or len(shape) >= rank:
-        return sample_weight
-    weight = ops.convert_to_tensor(sample_weight)
-    weight = ops.reshape(weight, tuple(-1 if d is None else d for d in shape))
-    for _ in range(rank - len(shape)):
-        weight = ops.expand_dims(weight, -1)
-    return ops.broadcast_to(weight, ops.shape(values))
+def shape_sample_weight(owner, sample_weight, values):
+    """`sample_weight` checked by `check_sample_weight` and shaped to multiply `values`: of their
+    rank, with axes of 1 where it gives one weight for all positions. Keras would broadcast `(B,)`
+    weights against `(B, T)` values from the right (silently wrong where `B == T`)."""
+    sw = sample_weight
+    if not isinstance(sw, keras.KerasTensor):
+        sw = ops.convert_to_tensor(sw)
+    if backend.rank_unknown(sw):  # TensorFlow: known only when the step runs
+        return backend.sample_weight_of_rank(sw, values)
+    shape = check_sample_weight(owner, sw, values)
+    if len(shape) < len(_shape(sw)):  # trailing 1s dropped
+        sw = ops.reshape(sw, [-1 if d is None else d for d in shape])
+    for _ in range(len(values.shape) - len(shape)):
+        sw = ops.expand_dims(sw, -1)
+    return sw
 
 
 def invalid_labels(owner, labels, num_classes, ignore_index=None):

@@ -114,9 +114,11 @@ class NanGuard(keras.callbacks.Callback):
             if name in (logs or {}):
                 value = float(np.asarray(ops.convert_to_numpy(logs[name])))
                 if not math.isfinite(value):
+                    balance = getattr(self.model, "balance", None)
+                    hint = balance and balance.explain_non_finite(self.names[:-1], logs)
                     raise FloatingPointError(
-                        f"nan_policy='raise': term '{name}' became {value} in {where}. Check its "
-                        "inputs, weight and learning rate."
+                        f"nan_policy='raise': term '{name}' became {value} in {where}. "
+                        + (hint or "Check its inputs, weight and learning rate.")
                     )
 
     def on_train_batch_end(self, batch, logs=None):

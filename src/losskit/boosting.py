@@ -156,7 +156,14 @@ class _Loss:
                 labels = y.astype(np.float64).reshape(n, 1)
             else:
                 classes = y.astype(np.int64)
-                if not np.array_equal(classes, y) or classes.min() < 0 or classes.max() >= k:
+                fractional = y[classes != y]
+                if fractional.size:
+                    shown = ", ".join(str(v) for v in np.unique(fractional)[:5].tolist())
+                    raise self.error(
+                        f"labels of a {k}-output model must be integer class indices in "
+                        f"[0, {k}), got non-integer values {shown}"
+                    )
+                if classes.min() < 0 or classes.max() >= k:
                     raise self.error(
                         f"labels of a {k}-output model must be class indices in [0, {k}), got "
                         f"values in [{y.min()}, {y.max()}]"

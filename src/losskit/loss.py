@@ -41,8 +41,7 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
             except Exception as error:  # noqa: BLE001 - backend errors get the loss's name
                 raise _contract.named(error, self._owner) from error
             if sample_weight is not None:
-                shape = _contract.check_sample_weight(self._owner, sample_weight, losses)
-                sample_weight = _contract.expand_weight(sample_weight, shape, losses)
+                sample_weight = _contract.shape_sample_weight(self._owner, sample_weight, losses)
             out_mask = get_keras_mask(losses)
             masks = [m for m in (in_mask, out_mask) if m is not None]
             mask = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)

@@ -56,11 +56,7 @@ def _fit_sample_weight(term, sample_weight, values):
     """`sample_weight` shaped to multiply `values` (see `_contract.check_sample_weight`)."""
     _contract.check_numeric(f"Term '{term}'", sample_weight, "sample_weight")
     sw = ops.cast(sample_weight, "float32")
-    shape = _contract.check_sample_weight(f"Term '{term}'", sw, values)
-    sw = ops.reshape(sw, [-1 if d is None else d for d in shape]) if shape else sw
-    for _ in range(len(values.shape) - len(shape)):
-        sw = ops.expand_dims(sw, -1)
-    return sw
+    return _contract.shape_sample_weight(f"Term '{term}'", sw, values)
 
 
 def _term_sample_weight(term, sample_weight):

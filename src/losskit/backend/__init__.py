@@ -212,3 +212,19 @@ def fused_linear_ce(portable, h, w, b, y, sw, static):
     chunk_size, ...). Returns what `portable` returns, with the same gradients.
     """
     return _impl().fused_linear_ce(portable, h, w, b, y, sw, static)
+
+
+def rank_unknown(x):
+    """Whether `x`'s rank is unknown while tracing: only TensorFlow, whose `tf.function`
+    (`reduce_retracing`) relaxes an input that changed rank between calls to an unknown rank (a
+    step traced with `(B,)` sample weights, then called with `(B, T)` ones)."""
+    return getattr(getattr(x, "shape", None), "rank", 0) is None
+
+
+def sample_weight_of_rank(sample_weight, values):
+    """`sample_weight` of unknown rank (`rank_unknown`) reshaped, when the step runs, to the rank
+    of `values`, its own shape padded with trailing 1s. The shape it has then must be what
+    `_contract.check_sample_weight` accepts (a leading part of `values`' shape, any trailing 1s
+    beyond `values`' rank dropped); otherwise the weights are NaN, since a compiled step cannot
+    raise."""
+    return _impl().sample_weight_of_rank(sample_weight, values)

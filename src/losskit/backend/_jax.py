@@ -258,3 +258,8 @@ def zeros(shape, dtype):
 def is_traced(x):
     """Whether `x` is a JAX tracer (inside `jit`, `grad`, `vmap`): its value is not known."""
     return isinstance(x, jax.core.Tracer)
+
+
+def sample_weight_of_rank(sample_weight, values):
+    del values
+    return sample_weight  # a traced tensor's rank is always known here

@@ -290,3 +290,25 @@ def is_traced(x):
     if not tf.executing_eagerly():
         return True
     return tf.is_tensor(x) and tf.is_symbolic_tensor(x)
+
+
+def sample_weight_of_rank(sample_weight, values):
+    if not sample_weight.dtype.is_floating:
+        sample_weight = tf.cast(sample_weight, tf.float32)
+    rank = len(values.shape)
+    target = tf.shape(values)
+    shape = tf.shape(sample_weight)
+    length = tf.size(shape)
+    padded = tf.concat([shape, tf.ones([rank], shape.dtype)], 0)
+    kept = tf.minimum(length, rank)
+    leading = tf.range(rank) < kept
+    fits = tf.logical_and(
+        tf.reduce_all(tf.logical_or(tf.logical_not(leading), tf.equal(padded[:rank], target))),
+        tf.reduce_all(tf.equal(padded[rank:length], 1)),  # beyond the values' rank: only 1s
+    )
+    out = tf.where(leading, padded[:rank], tf.ones_like(target))
+    return tf.cond(
+        fits,
+        lambda: tf.reshape(sample_weight, out),
+        lambda: tf.fill(tf.ones([rank], tf.int32), tf.constant(float("nan"), sample_weight.dtype)),
+    )

@@ -45,12 +45,21 @@ class _Aggregator(Balancer):
         raise NotImplementedError
 
     def direction(self, jacobian):
-        """The update direction `J^T w` (`(n,)`) of an `(m, n)` Jacobian."""
+        """The update direction `J^T w` (`(n,)`) of an `(m, n)` Jacobian; all NaN if `J` has a
+        NaN or infinite entry (on every backend)."""
         return self._aggregate(_jacobian(type(self).__name__, jacobian))[0]
 
     def _aggregate(self, jacobian):
         jacobian = ops.cast(jacobian, "float32")
-        w = self.weights(ops.matmul(jacobian, ops.transpose(jacobian)))
+        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+        # A NaN or infinite gradient (a NaN batch) makes the Gramian non-finite, on which `eigh`
+        # fails (TF, torch) or returns NaN (JAX). Solve on a finite stand-in and return NaN
+        # weights instead: the update and the logged loss are then NaN on every backend, as
+        # without a balancer, and `nan_policy="raise"` names the term.
+        finite = ops.all(ops.isfinite(gramian))
+        m = gramian.shape[0]
+        w = self.weights(ops.where(finite, gramian, ops.eye(m, dtype=gramian.dtype)))
+        w = ops.where(finite, w, ops.full_like(w, float("nan")))
         return ops.matmul(w, jacobian), w
 
     def bind(self, model):

@@ -67,6 +67,11 @@ class Balancer:
     def callbacks(self):
         return []
 
+    def explain_non_finite(self, names, logs):
+        """Why a step's logs (`{name: value}`, the terms `names` among them) hold a NaN or
+        infinity, when this balancer can tell (said by `nan_policy="raise"`); else None."""
+        del names, logs
+
     def get_config(self):
         return {}
 

@@ -138,7 +138,9 @@ class FAMO(Balancer):
     gradient step), except that the loss change is measured between consecutive steps' batches
     (as LibMTL does) instead of by a second forward pass on the same batch after the update.
     `L_t` are the unweighted global term values, which must be >= 0 (the paper's `min_losses` is
-    0); `c_t` the schedule weight. Evaluation uses the current logits and leaves them unchanged.
+    0): a negative one makes every weight NaN, which `nan_policy="raise"` reports naming FAMO and
+    the term; `c_t` the schedule weight. Evaluation uses the current logits and leaves them
+    unchanged.
 
     Args:
         learning_rate: Adam's step size for the logits (`> 0`; the authors' default 0.025).
@@ -184,6 +186,18 @@ class FAMO(Balancer):
         b = ops.stop_gradient(z / (ops.sum(z / d) * d))
         weights = {n: b[i] for i, n in enumerate(step.names)}
         return step.weighted_total(weights), weights
+
+    def explain_non_finite(self, names, logs):
+        negative = [n for n in names if n in logs and float(ops.convert_to_numpy(logs[n])) < 0]
+        if negative:
+            values = ", ".join(
+                f"'{n}' = {float(ops.convert_to_numpy(logs[n])):.4g}" for n in negative
+            )
+            return (
+                f"FAMO weights the log of each term, so every term must be >= 0; {values}. "
+                "Shift or reformulate the negative term(s), or use another balancer."
+            )
+        return None
 
     def get_config(self):
         return {"learning_rate": self.learning_rate, "gamma": self.gamma}

@@ -140,6 +140,8 @@ def loop_blocks(total, size, step, init):
     shifted back so that nothing is padded). `size=None`: one block, `start=0`, `keep=None`."""
     if size is None:
         return step(0, None, init)
+    if isinstance(total, int) and total == 0:  # JAX would still trace `step` on a block of nothing
+        return init
 
     def body(i, carry):
         start = block_start(i, size, total)

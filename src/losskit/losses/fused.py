@@ -247,7 +247,9 @@ def fused_linear_cross_entropy(
     and the loss above is that of the capped logits (a `-inf` bias then gives the finite logit
     `-c`, as it does in the naive capped head). Tokens labelled
     `ignore_index` contribute 0 and are left out of the mean. A `-inf` bias masks vocabulary
-    columns (finite loss and gradients; a `-inf` target logit gives `+inf`).
+    columns (finite loss and gradients; a `-inf` target logit gives `+inf`), except with
+    `label_smoothing > 0`, whose loss weights every column: then `+inf`, as Keras's smoothed
+    cross-entropy on the same logits.
 
     The `N x V` logits are never materialised, and the gradient is written by hand:
 
