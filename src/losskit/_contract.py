@@ -90,6 +90,13 @@ def _shape(x):
     return tuple(np.shape(x)) if shape is None else tuple(shape)
 
 
+def rank_or_none(x):
+    """Rank of a tensor, array, number or nested list; None where TensorFlow does not know it yet."""
+    if backend.rank_unknown(x):
+        return None
+    return len(_shape(x))
+
+
 def _compatible(a, b):
     return len(a) == len(b) and all(p is None or q is None or p == q for p, q in zip(a, b))
 

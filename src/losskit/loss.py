@@ -41,7 +41,12 @@ class FunctionLoss(_wrap.ParametersMixin, keras.losses.Loss):
             except Exception as error:  # noqa: BLE001 - backend errors get the loss's name
                 raise _contract.named(error, self._owner) from error
             if sample_weight is not None:
+                given_rank = _contract.rank_or_none(sample_weight)
                 sample_weight = _contract.shape_sample_weight(self._owner, sample_weight, losses)
+                if given_rank and given_rank < len(losses.shape):
+                    # One weight per sample counts once per position, as in an Objective: Keras's
+                    # "mean_with_sample_weight" divides by the weights' sum over every position.
+                    sample_weight = ops.broadcast_to(sample_weight, ops.shape(losses))
             out_mask = get_keras_mask(losses)
             masks = [m for m in (in_mask, out_mask) if m is not None]
             mask = masks[0] & masks[1] if len(masks) == 2 else (masks[0] if masks else None)
