@@ -91,7 +91,7 @@ def _shape(x):
 
 
 def rank_or_none(x):
-    """Rank of a tensor, array, number or nested list; None where TensorFlow does not know it yet."""
+    """Rank of a tensor, array, number or nested list; None where TensorFlow does not know it."""
     if backend.rank_unknown(x):
         return None
     return len(_shape(x))
