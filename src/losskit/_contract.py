@@ -190,6 +190,7 @@ def shape_sample_weight(owner, sample_weight, values):
     weights against `(B, T)` values from the right (silently wrong where `B == T`)."""
     sw = sample_weight
     if not isinstance(sw, keras.KerasTensor):
+        check_numeric(owner, sw, "sample_weight")  # before a backend refuses it naming nothing
         sw = ops.convert_to_tensor(sw)
     if backend.rank_unknown(sw):  # TensorFlow: known only when the step runs
         return backend.sample_weight_of_rank(sw, values)
