@@ -164,11 +164,11 @@ def check_per_sample(owner, values, batch_size=None):
 
 
 def check_sample_weight(owner, sample_weight, values):
-    """The shape `sample_weight` takes to multiply `values`: one weight per sample `(B,)` or per
-    position (a leading part of `values`' shape, e.g. `(B, T)` for `(B, T)` values), a trailing
-    axis of 1 dropped, as Keras applies weights. Anything else raises: it would be broadcast
-    silently. Returns the weights' shape with the trailing 1s dropped."""
-    check_numeric(owner, sample_weight, "sample_weight")
+    """The shape numeric `sample_weight` (see `shape_sample_weight`) takes to multiply
+    `values`: one weight per sample `(B,)` or per position (a leading part of `values`' shape,
+    e.g. `(B, T)` for `(B, T)` values), a trailing axis of 1 dropped, as Keras applies weights.
+    Anything else raises: it would be broadcast silently. Returns the weights' shape with the
+    trailing 1s dropped."""
     shape, target = _shape(sample_weight), _shape(values)
     while len(shape) > 1 and len(shape) > len(target) and shape[-1] == 1:
         shape = shape[:-1]
@@ -189,8 +189,8 @@ def shape_sample_weight(owner, sample_weight, values):
     rank, with axes of 1 where it gives one weight for all positions. Keras would broadcast `(B,)`
     weights against `(B, T)` values from the right (silently wrong where `B == T`)."""
     sw = sample_weight
+    check_numeric(owner, sw, "sample_weight")  # before a backend refuses it naming nothing
     if not isinstance(sw, keras.KerasTensor):
-        check_numeric(owner, sw, "sample_weight")  # before a backend refuses it naming nothing
         sw = ops.convert_to_tensor(sw)
     if backend.rank_unknown(sw):  # TensorFlow: known only when the step runs
         return backend.sample_weight_of_rank(sw, values)

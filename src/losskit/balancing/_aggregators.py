@@ -97,8 +97,24 @@ def _eps(name, key, value):
     return _number(name, key, value, 0.0)
 
 
+class _DualConeAggregator(_Aggregator):
+    """`UPGrad` and `DualProj`: box-constrained problems on the trace-normalised, regularised
+    Gramian `G' = G / trace(G) + reg_eps I` (TorchJD's defaults for `norm_eps`, `reg_eps`)."""
+
+    def __init__(self, norm_eps=1e-4, reg_eps=1e-4):
+        self.norm_eps = _eps(type(self).__name__, "norm_eps", norm_eps)
+        self.reg_eps = _eps(type(self).__name__, "reg_eps", reg_eps)
+
+    def _regularized(self, gramian):
+        m = gramian.shape[0]
+        return _qp.normalize(gramian, self.norm_eps) + self.reg_eps * ops.eye(m)
+
+    def get_config(self):
+        return {"norm_eps": self.norm_eps, "reg_eps": self.reg_eps}
+
+
 @_register
-class UPGrad(_Aggregator):
+class UPGrad(_DualConeAggregator):
     """Unconflicting Projection of Gradients (Quinton & Rey, "Jacobian Descent for
     Multi-Objective Optimization", 2024, arXiv:2406.16232), TorchJD's recommended aggregator.
 
@@ -114,21 +130,13 @@ class UPGrad(_Aggregator):
     `reg_eps` keeps the problem strictly convex when gradients are linearly dependent.
     """
 
-    def __init__(self, norm_eps=1e-4, reg_eps=1e-4):
-        self.norm_eps = _eps("UPGrad", "norm_eps", norm_eps)
-        self.reg_eps = _eps("UPGrad", "reg_eps", reg_eps)
-
     def weights(self, gramian):
         m = gramian.shape[0]
-        g = _qp.normalize(gramian, self.norm_eps) + self.reg_eps * ops.eye(m)
-        return ops.sum(_qp.box_qp(g, ops.eye(m) / m), axis=0)
-
-    def get_config(self):
-        return {"norm_eps": self.norm_eps, "reg_eps": self.reg_eps}
+        return ops.sum(_qp.box_qp(self._regularized(gramian), ops.eye(m) / m), axis=0)
 
 
 @_register
-class DualProj(_Aggregator):
+class DualProj(_DualConeAggregator):
     """The mean gradient projected onto the dual cone of the gradients (Lopez-Paz & Ranzato,
     "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, Eq. 11; as an aggregator in
     Quinton & Rey 2024): the vector closest to `mean_i g_i` that conflicts with no `g_i`.
@@ -139,17 +147,9 @@ class DualProj(_Aggregator):
     `norm_eps`, `reg_eps`: TorchJD's defaults.
     """
 
-    def __init__(self, norm_eps=1e-4, reg_eps=1e-4):
-        self.norm_eps = _eps("DualProj", "norm_eps", norm_eps)
-        self.reg_eps = _eps("DualProj", "reg_eps", reg_eps)
-
     def weights(self, gramian):
         m = gramian.shape[0]
-        g = _qp.normalize(gramian, self.norm_eps) + self.reg_eps * ops.eye(m)
-        return _qp.box_qp(g, ops.ones((1, m)) / m)[0]
-
-    def get_config(self):
-        return {"norm_eps": self.norm_eps, "reg_eps": self.reg_eps}
+        return _qp.box_qp(self._regularized(gramian), ops.ones((1, m)) / m)[0]
 
 
 @_register
