@@ -3,14 +3,16 @@
 Binary classification at N = 200,000 rows x 20 features: `xgboost.train` (hist, depth 6) and
 `lightgbm.train` (31 leaves), each with its built-in logistic objective (`binary:logistic`,
 `binary`) and with `losskit.boosting.objective(BinaryCrossentropy(from_logits=True))`, the same
-trees. Also timed alone: the objective's derivative computation on N scores (labels and scores to
-tensors, float64 gradient and Hessian by the backend's autodiff, back to NumPy, checks). Timed in
-interleaved rounds (median); each measurement trains `--rounds` boosting rounds, on one thread
-(`--threads`: OpenMP threads spin on a busy shared machine and swamp the comparison).
+trees. Also timed alone: the objective's derivative computation on N scores (checks, gradient and
+Hessian, weights). Timed in interleaved rounds (median); each measurement trains `--rounds`
+boosting rounds, on one thread (`--threads`: OpenMP threads spin on a busy shared machine and
+swamp the comparison).
 
-Both derivative precisions are timed: float64 (the default) and `dtype="float32"`; and the same
-logistic objective written in NumPy (`xgboost_numpy`, `lightgbm_numpy`), the floor any Python
-custom objective pays for the library's callback path.
+Three ways to the derivatives are timed: the default (`derivatives="auto"`: this loss has a
+closed form, float64 NumPy), and autodiff on the backend (`derivatives="autodiff"`, the path of
+every loss without a closed form) in float64 and in float32 (`_autodiff`, `_autodiff_f32`); and
+the same logistic objective written in NumPy with no checks (`xgboost_numpy`, `lightgbm_numpy`),
+the floor any Python custom objective pays for the library's callback path.
 
 Targets (issue 22): custom / built-in <= 1.3 per round, derivatives <= 10 % of a custom round.
 
@@ -42,8 +44,12 @@ def child(args):
     dset = lgb.Dataset(X, label=y, params={"verbose": -1, "num_threads": args.threads})
     dset.construct()
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    obj = boosting.objective(loss)
-    obj32 = boosting.objective(loss, dtype="float32")
+    objectives = {
+        "": boosting.objective(loss),
+        "_autodiff": boosting.objective(loss, derivatives="autodiff"),
+        "_autodiff_f32": boosting.objective(loss, derivatives="autodiff", dtype="float32"),
+    }
+    assert objectives[""].closed_form is not None
     xgb_params = {"max_depth": 6, "eta": 0.1, "tree_method": "hist", "nthread": args.threads,
                   "seed": 0}
     lgb_params = {"num_leaves": 31, "learning_rate": 0.1, "verbose": -1, "seed": 0,
@@ -58,23 +64,21 @@ def child(args):
     thunks = {
         "xgboost_builtin": lambda: xgb.train(
             {**xgb_params, "objective": "binary:logistic"}, dtrain, rounds),
-        "xgboost_losskit": lambda: xgb.train(
-            {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=obj),
         "lightgbm_builtin": lambda: lgb.train(
             {**lgb_params, "objective": "binary", "boost_from_average": False}, dset, rounds),
-        "lightgbm_losskit": lambda: lgb.train({**lgb_params, "objective": obj}, dset, rounds),
         "xgboost_numpy": lambda: xgb.train(
             {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=numpy_logistic),
         "lightgbm_numpy": lambda: lgb.train({**lgb_params, "objective": numpy_logistic}, dset,
                                             rounds),
-        "xgboost_losskit_f32": lambda: xgb.train(
-            {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=obj32),
-        "lightgbm_losskit_f32": lambda: lgb.train({**lgb_params, "objective": obj32}, dset,
-                                                  rounds),
-        # One derivative computation per round: `rounds` of them, as the trainings above do.
-        "derivatives": lambda: [obj.gradients(y, scores) for _ in range(rounds)],
-        "derivatives_f32": lambda: [obj32.gradients(y, scores) for _ in range(rounds)],
     }
+    for tag, obj in objectives.items():
+        thunks[f"xgboost_losskit{tag}"] = lambda obj=obj: xgb.train(
+            {**xgb_params, "disable_default_eval_metric": 1}, dtrain, rounds, obj=obj)
+        thunks[f"lightgbm_losskit{tag}"] = lambda obj=obj: lgb.train(
+            {**lgb_params, "objective": obj}, dset, rounds)
+        # One derivative computation per round: `rounds` of them, as the trainings above do.
+        thunks[f"derivatives{tag}"] = lambda obj=obj: [
+            obj.gradients(y, scores) for _ in range(rounds)]
     start = time.perf_counter()
     timing = common.interleaved(thunks, repeats=2 if args.quick else args.repeats, warmup=1)
     per_round = {name: t["median_s"] / rounds for name, t in timing.items()}
@@ -84,7 +88,7 @@ def child(args):
         "seconds_per_round": per_round,
         "ratio_custom_to_builtin": {
             f"{lib}{tag}": per_round[f"{lib}_losskit{tag}"] / per_round[f"{lib}_builtin"]
-            for lib in ("xgboost", "lightgbm") for tag in ("", "_f32")
+            for lib in ("xgboost", "lightgbm") for tag in objectives
         },
         # What the library's custom-objective path costs with the cheapest possible objective.
         "ratio_numpy_objective_to_builtin": {
@@ -93,7 +97,7 @@ def child(args):
         },
         "derivative_share_of_custom_round": {
             f"{lib}{tag}": per_round[f"derivatives{tag}"] / per_round[f"{lib}_losskit{tag}"]
-            for lib in ("xgboost", "lightgbm") for tag in ("", "_f32")
+            for lib in ("xgboost", "lightgbm") for tag in objectives
         },
         "versions_boosting": {"xgboost": xgb.__version__, "lightgbm": lgb.__version__},
         "raw": timing,
@@ -101,9 +105,9 @@ def child(args):
     }
     backend = keras.backend.backend()
     for name, seconds in per_round.items():
-        print(f"{backend:10s} {name:18s} {seconds * 1e3:8.2f} ms/round", flush=True)
+        print(f"{backend:10s} {name:28s} {seconds * 1e3:8.2f} ms/round", flush=True)
     for lib in result["ratio_custom_to_builtin"]:
-        print(f"{backend:10s} {lib:12s} custom/builtin "
+        print(f"{backend:10s} {lib:22s} custom/builtin "
               f"{result['ratio_custom_to_builtin'][lib]:.3f}  derivative share "
               f"{result['derivative_share_of_custom_round'][lib]:.3f}", flush=True)
     common.save_child("boosting", args.backend, result)

@@ -54,6 +54,7 @@ def _xgb_margins(data, y, params, obj=None, weight=None):
     return booster.predict(dtrain, output_margin=True)
 
 
+@pytest.mark.parametrize("derivatives", ["auto", "autodiff"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize(
     "builtin, labels, loss",
@@ -66,12 +67,13 @@ def _xgb_margins(data, y, params, obj=None, weight=None):
     ],
     ids=["logistic", "squared", "pseudohuber"],
 )
-def test_xgboost_margins_equal_the_builtin_objective(data, builtin, labels, loss, weighted):
+def test_xgboost_margins_equal_the_builtin_objective(data, builtin, labels, loss, weighted,
+                                                     derivatives):
     y = data[labels]
     weight = data["weight"] if weighted else None
     reference = _xgb_margins(data, y, builtin, weight=weight)
-    ours = _xgb_margins(data, y, {"disable_default_eval_metric": 1},
-                        obj=boosting.objective(loss), weight=weight)
+    obj = boosting.objective(loss, derivatives=derivatives)
+    ours = _xgb_margins(data, y, {"disable_default_eval_metric": 1}, obj=obj, weight=weight)
     assert np.abs(reference).max() > 1.0  # the model learned something
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6)
 
@@ -84,11 +86,13 @@ def _lgb_margins(data, y, objective, weight=None, rounds=ROUNDS, **extra):
     return booster.predict(data["X"], raw_score=True)
 
 
+@pytest.mark.parametrize("derivatives", ["auto", "autodiff"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_lightgbm_margins_equal_the_builtin_binary(data, weighted):
+def test_lightgbm_margins_equal_the_builtin_binary(data, weighted, derivatives):
     weight = data["weight"] if weighted else None
     reference = _lgb_margins(data, data["binary"], "binary", weight, boost_from_average=False)
-    obj = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True))
+    obj = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True),
+                             derivatives=derivatives)
     ours = _lgb_margins(data, data["binary"], obj, weight)
     assert np.abs(reference).max() > 1.0
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6)
@@ -131,12 +135,13 @@ def _softmax(s):
     ],
     ids=["keras_onehot", "losskit_sparse"],
 )
-def test_multiclass_derivatives_are_softmax_closed_forms(loss):
+@pytest.mark.parametrize("derivatives", ["auto", "autodiff"])
+def test_multiclass_derivatives_are_softmax_closed_forms(loss, derivatives):
     rng = np.random.default_rng(1)
     score = 3 * rng.normal(size=(40, 4))
     labels = rng.integers(0, 4, 40).astype(float)  # as XGBoost / LightGBM hand them
     weight = rng.uniform(0.5, 2.0, 40)
-    g, h = boosting.objective(loss).gradients(labels, score, weight)
+    g, h = boosting.objective(loss, derivatives=derivatives).gradients(labels, score, weight)
     p = _softmax(score)
     assert g.shape == h.shape == (40, 4)
     np.testing.assert_allclose(g, (p - np.eye(4)[labels.astype(int)]) * weight[:, None],
@@ -190,8 +195,8 @@ def test_float32_derivatives_are_float64_rounded():
     rng = np.random.default_rng(5)
     y, s = (rng.random(50) > 0.5).astype(float), 4 * rng.normal(size=50)
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
-    g64, h64 = boosting.objective(loss).gradients(y, s)
-    g32, h32 = boosting.objective(loss, dtype="float32").gradients(y, s)
+    g64, h64 = boosting.objective(loss, derivatives="autodiff").gradients(y, s)
+    g32, h32 = boosting.objective(loss, dtype="float32", derivatives="autodiff").gradients(y, s)
     p = 1 / (1 + np.exp(-s))
     np.testing.assert_allclose(g64, p - y, rtol=0, atol=1e-15)
     np.testing.assert_allclose(g32, g64, rtol=0, atol=1e-6)

@@ -20,6 +20,11 @@ from keras.src.losses.loss import (
     squeeze_or_expand_to_same_rank,
 )
 
+# Keras's built-in losses are `LossFunctionWrapper`s computing `fn(y_true, y_pred, **kwargs)`;
+# their `get_config()` does not always hold the kwargs (`Huber` drops `delta`), so
+# `losskit.boosting` reads them from the wrapper to recognise a loss with closed-form derivatives.
+from keras.src.losses.losses import LossFunctionWrapper
+
 # `Trainer.compile` creates its trackers without attribute tracking; `ObjectiveModel.compile`
 # does the same so its loss tracker is not saved as a model weight.
 from keras.src.utils.tracking import no_automatic_dependency_tracking
@@ -35,6 +40,14 @@ def optimizer_counter(optimizer):
     while hasattr(optimizer, "inner_optimizer"):
         optimizer = optimizer.inner_optimizer
     return optimizer._iterations, optimizer.gradient_accumulation_steps or 1
+
+
+def wrapped_function(loss):
+    """`(fn, kwargs)` when the per-sample values of Keras loss `loss` are exactly
+    `fn(y_true, y_pred, **kwargs)` (a built-in whose `call` is the wrapper's), else None."""
+    if isinstance(loss, LossFunctionWrapper) and type(loss).call is LossFunctionWrapper.call:
+        return loss.fn, dict(loss._fn_kwargs)
+    return None
 
 
 @contextlib.contextmanager
@@ -59,4 +72,5 @@ __all__ = [
     "reduce_weighted_values",
     "set_keras_mask",
     "squeeze_or_expand_to_same_rank",
+    "wrapped_function",
 ]

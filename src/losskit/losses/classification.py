@@ -132,8 +132,13 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     y_true = _smooth(as_float(y_true, y_pred), label_smoothing, 2)
     if from_logits:
         # softplus(-z) and softplus(z) share log(1 + e^-|z|): one exp and one log1p, not two.
-        shared = ops.log1p(ops.exp(-ops.abs(y_pred)))
-        neg_log_p, neg_log_q = ops.relu(-y_pred) + shared, ops.relu(y_pred) + shared
+        # |z| and max(z, 0) take the same branch (z >= 0), as in TensorFlow's
+        # sigmoid_cross_entropy_with_logits: `abs` and `relu` would each take a derivative of 0
+        # at z = 0 and give a gradient of 0 there instead of sigmoid(0) - y.
+        positive = y_pred >= 0
+        shared = ops.log1p(ops.exp(ops.where(positive, -y_pred, y_pred)))
+        neg_log_p = ops.where(positive, 0.0, -y_pred) + shared  # softplus(-z)
+        neg_log_q = ops.where(positive, y_pred, 0.0) + shared  # softplus(z)
     else:
         neg_log_p, neg_log_q = neg_log_binary(y_pred, from_logits)
     return per_sample_mean(pos_weight * y_true * neg_log_p + (1.0 - y_true) * neg_log_q)

@@ -70,7 +70,11 @@ def log_cosh(y_true, y_pred):
     gradient is :math:`\tanh e`. Reference: Saleh & Saleh, "Statistical Properties of the log-cosh
     Loss Function Used in Machine Learning", arXiv:2208.04564. Keras: `keras.losses.log_cosh`.
     """
-    err = ops.abs(_residual(y_true, y_pred))
+    e = _residual(y_true, y_pred)
+    # |e| as a branch, not `abs`: autodiff takes abs'(0) = 0, which gives a second derivative of
+    # 0 at e = 0 (the true one is 1). The softplus argument stays <= 0 in the branch taken.
+    positive = e >= 0
+    err = ops.where(positive, e, -e)
     return per_sample_mean(err + ops.softplus(-2.0 * err) - math.log(2.0))
 
 
@@ -178,10 +182,13 @@ def smooth_l1(y_true, y_pred, beta=1.0):
 
     Reference: R. Girshick, "Fast R-CNN", ICCV 2015. torch: `nn.SmoothL1Loss(beta=...)`.
     """
-    err = ops.abs(_residual(y_true, y_pred))
+    e = _residual(y_true, y_pred)
+    err = ops.abs(e)
     if beta == 0:
         return per_sample_mean(err)
-    return per_sample_mean(ops.where(err < beta, 0.5 * ops.square(err) / beta, err - 0.5 * beta))
+    # The square of `e`, not of `|e|`: autodiff takes |e|' = sign(0) = 0 at e = 0, which would
+    # make the second derivative there 0 instead of 1 / beta.
+    return per_sample_mean(ops.where(err < beta, 0.5 * ops.square(e) / beta, err - 0.5 * beta))
 
 
 @register(domains=dict(axis=dom.integer))
