@@ -169,6 +169,26 @@ def test_multiclass_training_matches_builtin_softmax_accuracy(data):
     assert abs(acc_ours - acc_ref) <= 0.01
 
 
+def test_tensorflow_falls_back_to_the_graph_for_an_op_xla_cannot_compile():
+    """TensorFlow compiles the derivatives with XLA; `tf.numpy_function` (Python code) has no
+    XLA kernel, and the plain graph must then give the derivatives."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the XLA fallback is TensorFlow's")
+    import tensorflow as tf
+
+    def with_python(y_true, y_pred):
+        labels = tf.numpy_function(np.copy, [y_true], y_true.dtype, stateful=False)
+        labels = tf.ensure_shape(labels, y_true.shape)
+        return ops.mean(0.5 * ops.square(y_pred - labels), axis=-1)
+
+    with pytest.raises(Exception):  # noqa: B017 - XLA's own error type varies
+        tf.function(with_python, jit_compile=True)(tf.zeros((3, 1)), tf.ones((3, 1)))
+    y, s = np.array([0.0, 1.0, 1.0]), np.array([0.5, -2.0, 3.0])
+    g, h = boosting.objective(with_python).gradients(y, s)
+    np.testing.assert_allclose(g, s - y, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h, np.ones(3), rtol=0, atol=1e-12)
+
+
 def test_custom_gradient_loss_uses_its_declared_gradient():
     @losskit.custom_gradient
     def declared(y_true, score):

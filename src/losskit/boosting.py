@@ -285,7 +285,7 @@ class Objective:
                 # makes the sum non-finite; the smallest h decides the policy's error.
                 return g, h, ops.sum(g) + ops.sum(h), ops.min(h)
 
-            self._compiled[k] = backend.compile_function(derivatives)
+            self._compiled[k] = backend.compile_function(derivatives, xla=True)
         return self._compiled[k]
 
     def gradients(self, y_true, score, sample_weight=None):

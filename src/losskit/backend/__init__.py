@@ -122,10 +122,12 @@ def score_derivatives(fn, score, constants):
     return _impl().score_derivatives(fn, score, list(constants))
 
 
-def compile_function(fn):
+def compile_function(fn, xla=False):
     """`fn` compiled for repeated calls on same-shaped inputs (`jax.jit`, `tf.function`), or
-    `fn` itself where compiling brings nothing (torch eager)."""
-    return _impl().compile_function(fn)
+    `fn` itself where compiling brings nothing (torch eager). `xla=True`: TensorFlow compiles it
+    with XLA (`jit_compile`), falling back to the plain graph for an op XLA cannot compile; an
+    element-wise function of many small ops runs about 2x faster fused."""
+    return _impl().compile_function(fn, xla)
 
 
 def matmul(a, b, dtype):

@@ -99,8 +99,8 @@ def score_derivatives(fn, score, constants):
         return grad(score), jnp.stack(columns, axis=-1)
 
 
-def compile_function(fn):
-    return jax.jit(fn)
+def compile_function(fn, xla=False):
+    return jax.jit(fn)  # XLA always
 
 
 def matmul(a, b, dtype):

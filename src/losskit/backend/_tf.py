@@ -103,8 +103,23 @@ def score_derivatives(fn, score, constants):
     return grad, tf.stack(columns, axis=-1)
 
 
-def compile_function(fn):
-    return tf.function(fn, reduce_retracing=True)
+def compile_function(fn, xla=False):
+    graph = tf.function(fn, reduce_retracing=True)
+    if not xla:
+        return graph
+    fused = tf.function(fn, reduce_retracing=True, jit_compile=True)
+    state = {"compiled": fused}
+
+    def call(*args):
+        try:
+            return state["compiled"](*args)
+        except Exception:  # noqa: BLE001 - an op XLA cannot compile: the graph decides
+            if state["compiled"] is graph:
+                raise
+            state["compiled"] = graph
+            return graph(*args)
+
+    return call
 
 
 def matmul(a, b, dtype):

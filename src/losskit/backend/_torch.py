@@ -84,7 +84,7 @@ def score_derivatives(fn, score, constants):
     return grad.detach(), torch.stack(columns, dim=-1).detach()
 
 
-def compile_function(fn):
+def compile_function(fn, xla=False):
     return fn  # eager; torch.compile costs more than the loops it would serve
 
 
