@@ -12,7 +12,9 @@ Three ways to the derivatives are timed: the default (`derivatives="auto"`: this
 closed form, float64 NumPy), and autodiff on the backend (`derivatives="autodiff"`, the path of
 every loss without a closed form) in float64 and in float32 (`_autodiff`, `_autodiff_f32`); and
 the same logistic objective written in NumPy with no checks (`xgboost_numpy`, `lightgbm_numpy`),
-the floor any Python custom objective pays for the library's callback path.
+the floor any Python custom objective pays for the library's callback path. Derivatives alone,
+by autodiff, for three regression losses without a closed form (`derivatives_autodiff_huber`,
+`_cauchy`, `_pseudo_huber`): what other losses cost per round.
 
 Targets (issue 22): custom / built-in <= 1.3 per round, derivatives <= 10 % of a custom round.
 
@@ -32,6 +34,7 @@ def child(args):
     import numpy as np
     import xgboost as xgb
 
+    import losskit
     from losskit import boosting
 
     n = 5_000 if args.quick else args.rows
@@ -79,6 +82,16 @@ def child(args):
         # One derivative computation per round: `rounds` of them, as the trainings above do.
         thunks[f"derivatives{tag}"] = lambda obj=obj: [
             obj.gradients(y, scores) for _ in range(rounds)]
+    # The autodiff path of regression losses without a closed form (derivatives alone).
+    targets = rng.normal(size=n)
+    for name, other in {
+        "huber": boosting.objective(losskit.losses.Huber(delta=1.0), derivatives="autodiff"),
+        "cauchy": boosting.objective(losskit.losses.Cauchy(), hessian="clip"),
+        "pseudo_huber": boosting.objective(losskit.losses.GeneralRobust(alpha=1.0)),
+    }.items():
+        assert other.closed_form is None
+        thunks[f"derivatives_autodiff_{name}"] = lambda obj=other: [
+            obj.gradients(targets, scores) for _ in range(rounds)]
     start = time.perf_counter()
     timing = common.interleaved(thunks, repeats=2 if args.quick else args.repeats, warmup=1)
     per_round = {name: t["median_s"] / rounds for name, t in timing.items()}

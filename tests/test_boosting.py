@@ -8,6 +8,7 @@ weights applied once; the Hessian policy; errors naming the loss.
 
 import copy
 import pickle
+import warnings
 
 import keras
 import numpy as np
@@ -347,9 +348,14 @@ def test_bad_input_names_the_loss():
         boosting.objective(losskit.losses.Huber(), hessian="newton")
     with pytest.raises(ValueError, match="min_hessian"):
         boosting.objective(losskit.losses.Huber(), min_hessian=-1.0)
+    for logits in (keras.losses.CategoricalCrossentropy(from_logits=True),
+                   losskit.losses.BinaryCrossentropy(from_logits=True)):  # at construction
+        with pytest.raises(ValueError, match="gauss_newton' is the curvature of a loss of the "
+                                             "residual"):
+            boosting.objective(logits, hessian="gauss_newton")
     with pytest.raises(ValueError, match="gauss_newton' needs one output"):
-        boosting.objective(keras.losses.CategoricalCrossentropy(from_logits=True),
-                           hessian="gauss_newton").gradients(np.array([0, 1]), np.zeros((2, 2)))
+        boosting.objective(keras.losses.MeanSquaredError(), hessian="gauss_newton").gradients(
+            np.zeros((2, 2)), np.ones((2, 2)))
     with pytest.raises(TypeError, match="expected a keras.losses.Loss"):
         boosting.objective("huber")
     # Rows coupled through a batch statistic: the Hessian diagonal would be wrong; refused.
@@ -360,3 +366,63 @@ def test_bad_input_names_the_loss():
     root = boosting.objective(lambda y, p: ops.mean(ops.sqrt(p) - y * p, axis=-1))
     with pytest.raises(ValueError, match=r"not finite at 1 of 2 entries \(first at row 1"):
         root.gradients(np.ones(2), np.array([1.0, -1.0]))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [keras.losses.BinaryCrossentropy(from_logits=True), losskit.losses.MSE(),
+     losskit.losses.Huber(delta=2.0), losskit.losses.Cauchy()],
+    ids=["bce_closed_form", "mse_closed_form", "huber_closed_form", "cauchy_autodiff"],
+)
+def test_objectives_and_metrics_pickle_with_their_models(data, loss):
+    X, y = data["X"], data["binary"]
+    for derivatives in ("auto", "autodiff"):
+        obj = boosting.objective(loss, derivatives=derivatives, hessian="clip")
+        clone = pickle.loads(pickle.dumps(obj))
+        np.testing.assert_array_equal(clone.gradients(y, X[:, 0])[0], obj.gradients(y, X[:, 0])[0])
+        assert pickle.loads(pickle.dumps(obj.for_catboost())).objective.loss.name == obj.loss.name
+    metric = pickle.loads(pickle.dumps(boosting.metric(loss)))
+    assert metric.value(y, X[:, 0]) == boosting.metric(loss).value(y, X[:, 0])
+    model = xgb.XGBRegressor(objective=boosting.objective(loss, hessian="clip"), n_estimators=3,
+                             max_depth=2, n_jobs=1).fit(X, y)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict(X), model.predict(X))
+
+
+def test_flat_hessian_warns_once_and_gauss_newton_trains(data):
+    X = data["X"]
+    y = 3.0 * data["regression"] + 20.0  # far from the starting score 0: Huber's linear tails
+    huber = keras.losses.Huber(delta=2.0)
+    obj = boosting.objective(huber)
+    with pytest.warns(UserWarning, match=r"'huber_loss': the Hessian is 0 .*gauss_newton"):
+        obj.gradients(y, np.zeros(len(y)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obj.gradients(y, np.zeros(len(y)))  # once per objective
+        boosting.objective(keras.losses.MeanSquaredError()).gradients(y, np.zeros(len(y)))
+        boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True)).gradients(
+            data["binary"], np.zeros(len(y)))
+        newton = boosting.objective(huber, hessian="gauss_newton")
+        dtrain = xgb.DMatrix(X, label=y, base_margin=np.zeros(len(y)))
+        booster = xgb.train({"max_depth": 3, "eta": 0.3, "nthread": 1,
+                             "disable_default_eval_metric": 1}, dtrain, ROUNDS, obj=newton)
+    rmse = np.sqrt(np.mean((booster.predict(dtrain, output_margin=True) - y) ** 2))
+    assert rmse < 0.5 * y.std()
+
+
+def test_more_bad_input_names_the_loss():
+    bce = boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="'binary_crossentropy': labels must be numbers"):
+        bce.gradients(np.array(["a", "b"]), np.zeros(2))
+    scce = boosting.objective(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="sparse loss takes class indices of shape"):
+        scce.gradients(np.eye(3), np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="AUC is a Keras metric"):
+        boosting.objective(keras.metrics.AUC())
+    with pytest.raises(ValueError, match=r"expects probabilities.*functools.partial"):
+        boosting.objective(keras.losses.binary_crossentropy)
+    with pytest.raises(ValueError, match="log_input=True"):
+        boosting.objective(losskit.losses.PoissonNLL())
+    # A reduction over the batch axis couples the rows, even with as many rows as columns.
+    coupled = boosting.objective(keras.losses.CategoricalCrossentropy(from_logits=True, axis=0))
+    with pytest.raises(ValueError, match="not one value per row"):
+        coupled.gradients(np.array([0, 1, 2]), np.zeros((3, 3)))

@@ -7,6 +7,7 @@ to autodiff. And the class behind a lost parameter: what boosting evaluates is t
 own per-sample value, for every Keras built-in with parameters off their defaults.
 """
 
+import functools
 import inspect
 
 import keras
@@ -18,8 +19,13 @@ from hypothesis import strategies as st
 import losskit
 from losskit import _closed_form_derivatives, boosting
 from losskit._keras import LossFunctionWrapper
+from losskit.losses import _common
 
 K = 3  # classes / outputs of the multi-column cases
+
+# Extreme scores saturate the logistic (h ~ 0 where g is not): the flat-Hessian warning is right
+# there and not what these tests are about.
+pytestmark = pytest.mark.filterwarnings("ignore:losskit.boosting.*the Hessian is 0")
 
 # (id, loss, labels kind, outputs)
 CASES = [
@@ -119,11 +125,11 @@ def test_binary_closed_form_matches_autodiff_at_any_score(score, label, pos_weig
         keras.losses.BinaryCrossentropy(from_logits=True, axis=0),  # not the last-axis mean
         keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=1),
         losskit.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_index=1),
-        keras.losses.binary_crossentropy,  # the function's default from_logits=False
+        functools.partial(keras.losses.binary_crossentropy, from_logits=True, axis=0),
         losskit.losses.Cauchy(),  # no entry
         keras.losses.MeanAbsoluteError(),
     ],
-    ids=["bce_axis0", "scce_ignore_class", "scce_ignore_index", "bce_fn_probabilities",
+    ids=["bce_axis0", "scce_ignore_class", "scce_ignore_index", "bce_fn_axis0",
          "cauchy", "mae"],
 )
 def test_uncovered_losses_and_parameters_use_autodiff(loss):
@@ -185,6 +191,10 @@ def test_boosting_evaluates_the_loss_object_itself(cls):
     """A loss rebuilt from its config lost what the config leaves out (Keras's Huber drops
     `delta`); the metric and the objective's derivatives must be those of the object given."""
     loss = cls(**_non_default_kwargs(cls))
+    if loss.fn in boosting.PROBABILITY_INPUTS:
+        with pytest.raises(ValueError, match="reads y_pred as probabilities"):
+            boosting.objective(loss)
+        return
     rng = np.random.default_rng(3)
     score = rng.uniform(0.05, 0.95, size=(32, K))  # in range for probability-style losses too
     classes = rng.integers(0, K, 32)
@@ -201,3 +211,61 @@ def test_keras_huber_keeps_its_delta():
             g, h = boosting.objective(loss, derivatives=derivatives).gradients(np.zeros(3), e)
             np.testing.assert_allclose(g, [0.5, 1.5, 2.0], rtol=0, atol=1e-12)
             np.testing.assert_allclose(h, [1.0, 1.0, 0.0], rtol=0, atol=1e-12)
+
+
+def test_partials_of_closed_form_functions_keep_their_parameters():
+    obj = boosting.objective(functools.partial(losskit.losses.huber, delta=2.0))
+    assert obj.closed_form is not None and obj.loss.name == "huber"
+    g, h = obj.gradients(np.zeros(3), np.array([0.5, 1.5, 3.0]))
+    np.testing.assert_allclose(g, [0.5, 1.5, 2.0], rtol=0, atol=1e-12)
+    sparse = boosting.objective(
+        functools.partial(keras.losses.sparse_categorical_crossentropy, from_logits=True))
+    assert sparse.closed_form is not None and sparse.loss.sparse
+    g, _ = sparse.gradients(np.array([0, 1, 2]), np.zeros((3, 3)))
+    np.testing.assert_allclose(g, 1 / 3 - np.eye(3), rtol=0, atol=1e-12)
+
+
+def _candidate_functions():
+    """Every Keras loss function behind a built-in class, and every losskit function of
+    `(y_true, y_pred)` rows (not pairs, boxes, sequences, rankings or fused heads)."""
+    functions = {f"keras.{c().fn.__name__}": c().fn for c in KERAS_CLASSES}
+    families = ("classification", "regression", "divergence", "segmentation", "probabilistic",
+                "generative")
+    for name, (family, fn) in _common.FUNCTIONS.items():
+        if family in families and name not in ("logistic_nll", "gaussian_nll_packed"):
+            functions[f"losskit.{name}"] = fn
+    return functions
+
+
+CANDIDATES = _candidate_functions()
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_no_accepted_loss_ignores_raw_scores(name):
+    """Boosting scores are any real numbers. A loss that clips them into a probability domain
+    has derivative 0 there and trains nothing: it must be refused, and every loss accepted must
+    respond to negative scores."""
+    fn = CANDIDATES[name]
+    parameters = inspect.signature(fn).parameters
+    kwargs = {key: True for key in ("from_logits", "log_input") if key in parameters}
+    loss = functools.partial(fn, **kwargs) if kwargs else fn
+    try:
+        obj = boosting.objective(loss)
+    except ValueError as err:
+        assert fn in boosting.PROBABILITY_INPUTS, err
+        assert "reads y_pred as probabilities" in str(err)
+        return
+    assert fn not in boosting.PROBABILITY_INPUTS
+    rng = np.random.default_rng(4)
+    classes = rng.integers(0, K, 8)
+    labels = classes if obj.loss.sparse or "generalized_cross" in name else np.eye(K)[classes]
+    values = []
+    for _ in range(2):  # two sets of negative scores: outside every probability domain
+        score = -rng.uniform(0.5, 3.0, (8, K)).astype("float32")
+        try:
+            out = fn(labels, score, **kwargs)
+        except Exception as err:  # noqa: BLE001 - inputs this family does not take
+            pytest.skip(f"{name} does not take (8, {K}) rows: {err}")
+        values.append(keras.ops.convert_to_numpy(out))
+    assert np.all(np.isfinite(values[0])) and np.abs(values[0] - values[1]).max() > 1e-6, (
+        f"{name} gives the same values at two sets of negative scores: it clips raw scores")

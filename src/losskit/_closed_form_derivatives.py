@@ -12,12 +12,16 @@ own logistic objective floors it at :math:`10^{-16}`).
 
 Each entry is the exact derivative of the Keras or losskit function it is registered for, with
 that function's keyword parameters; parameters it does not cover (an `axis`, an ignored class)
-leave the loss to autodiff. tests/test_boosting_closed_forms.py checks every entry against the
-backends' autodiff of the function itself. Inputs: float64 `(n, k)` scores, labels as
-`losskit.boosting` prepares them (float64 `(n, k)`, or int `(n,)` class indices for a sparse
-loss); per-sample values average over the `k` columns (Keras's last-axis mean), hence the `/ k`
-of the element-wise losses.
+leave the loss to autodiff. The derivative functions are module-level (`functools.partial` of
+them), so an objective pickles with the model that holds it. tests/test_boosting_closed_forms.py
+checks every entry against the backends' autodiff of the function itself.
+
+Inputs: float64 `(n, k)` scores, labels as `losskit.boosting` prepares them (float `(n, k)`, or
+int `(n,)` class indices for a sparse loss); per-sample values average over the `k` columns
+(Keras's last-axis mean), hence the `/ k` of the element-wise losses.
 """
+
+import functools
 
 import keras
 import numpy as np
@@ -40,26 +44,6 @@ def _sigmoid_parts(score):
     return p, t
 
 
-def _binary_crossentropy(from_logits=False, label_smoothing=0.0, pos_weight=1.0, axis=-1):
-    r""":math:`\ell = w_+ y\,\mathrm{softplus}(-s) + (1 - y)\,\mathrm{softplus}(s)`:
-    :math:`g = \sigma(s)(w_+ y + 1 - y) - w_+ y`, :math:`h = \sigma(s)\sigma(-s)(w_+ y + 1 - y)`."""
-    if not from_logits or axis != -1:
-        return None
-
-    def derivatives(labels, score):
-        y = labels * (1.0 - label_smoothing) + label_smoothing / 2 if label_smoothing else labels
-        g, h = _sigmoid_parts(score)
-        if pos_weight != 1.0:
-            scale = pos_weight * y + 1.0 - y
-            g *= scale
-            h *= scale
-            y = pos_weight * y
-        g -= y
-        return _per_column(g, h)
-
-    return derivatives
-
-
 def _per_column(g, h):
     """Derivatives of a last-axis mean over `k` columns: the element-wise ones over `k`."""
     k = g.shape[1]
@@ -69,88 +53,112 @@ def _per_column(g, h):
     return g, h
 
 
-def _softmax_crossentropy(sparse):
+def binary_crossentropy(labels, score, label_smoothing=0.0, pos_weight=1.0):
+    r""":math:`\ell = w_+ y\,\mathrm{softplus}(-s) + (1 - y)\,\mathrm{softplus}(s)`:
+    :math:`g = \sigma(s)(w_+ y + 1 - y) - w_+ y`, :math:`h = \sigma(s)\sigma(-s)(w_+ y + 1 - y)`."""
+    y = labels * (1.0 - label_smoothing) + label_smoothing / 2 if label_smoothing else labels
+    g, h = _sigmoid_parts(score)
+    if pos_weight != 1.0:
+        scale = pos_weight * y + 1.0 - y
+        g *= scale
+        h *= scale
+        y = pos_weight * y
+    g -= y
+    return _per_column(g, h)
+
+
+def softmax_crossentropy(labels, score, label_smoothing=0.0, sparse=False):
     r""":math:`\ell = -\sum_j y_j \log\mathrm{softmax}(s)_j`: :math:`g = p \sum_j y_j - y`,
     :math:`h = p (1 - p) \sum_j y_j` (the Hessian's diagonal; one-hot rows sum to 1)."""
+    k = score.shape[1]
+    p = np.exp(score - score.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if sparse:
+        y = np.zeros_like(p)
+        y[np.arange(len(labels)), labels] = 1.0
+    else:
+        y = labels
+    if label_smoothing:
+        y = y * (1.0 - label_smoothing) + label_smoothing / k
+    if sparse:  # every row sums to 1
+        return p - y, p * (1.0 - p)
+    total = y.sum(axis=1, keepdims=True)
+    return p * total - y, p * (1.0 - p) * total
 
+
+def squared_error(labels, score):
+    r""":math:`\ell = e^2`, `e = s - y`: :math:`g = 2e`, :math:`h = 2`."""
+    g = score - labels
+    g *= 2.0
+    return _per_column(g, np.full(score.shape, 2.0))
+
+
+def huber(labels, score, delta=1.0):
+    r""":math:`\ell = \tfrac12 e^2` for :math:`|e| \le \delta`, else
+    :math:`\delta(|e| - \tfrac12\delta)`: :math:`g = e` or :math:`\delta\,\mathrm{sign}(e)`,
+    :math:`h = 1` or 0 (the quadratic branch at :math:`|e| = \delta`, as the functions'
+    `where` picks it)."""
+    e = score - labels
+    inside = np.abs(e) <= delta
+    return _per_column(np.where(inside, e, delta * np.sign(e)), inside.astype(np.float64))
+
+
+def log_cosh(labels, score):
+    r""":math:`\ell = \log\cosh e`: :math:`g = \tanh e`, :math:`h = 1 - \tanh^2 e`."""
+    g = np.subtract(score, labels)
+    np.tanh(g, out=g)
+    h = np.square(g)
+    np.subtract(1.0, h, out=h)
+    return _per_column(g, h)
+
+
+# Each entry takes the function's keyword parameters and returns the derivatives with them
+# bound, or None for parameters it does not cover.
+
+
+def _binary_entry(from_logits=False, label_smoothing=0.0, pos_weight=1.0, axis=-1):
+    if not from_logits or axis != -1:
+        return None
+    return functools.partial(
+        binary_crossentropy, label_smoothing=label_smoothing, pos_weight=pos_weight)
+
+
+def _softmax_entry(sparse):
     def entry(from_logits=False, label_smoothing=0.0, axis=-1, ignore_class=None,
               ignore_index=None):
         if not from_logits or axis != -1 or ignore_class is not None or ignore_index is not None:
             return None
+        return functools.partial(
+            softmax_crossentropy, label_smoothing=label_smoothing, sparse=sparse)
 
-        def derivatives(labels, score):
-            k = score.shape[1]
-            z = np.exp(score - score.max(axis=1, keepdims=True))
-            p = z / z.sum(axis=1, keepdims=True)
-            if sparse:
-                y = np.zeros_like(p)
-                y[np.arange(len(labels)), labels] = 1.0
-            else:
-                y = labels
-            if label_smoothing:
-                y = y * (1.0 - label_smoothing) + label_smoothing / k
-            if sparse:  # every row sums to 1
-                return p - y, p * (1.0 - p)
-            total = y.sum(axis=1, keepdims=True)
-            return p * total - y, p * (1.0 - p) * total
+    return entry
 
+
+def _huber_entry(delta=1.0):
+    return functools.partial(huber, delta=delta)
+
+
+def _plain(derivatives):
+    def entry():
         return derivatives
 
     return entry
 
 
-def _squared_error():
-    r""":math:`\ell = e^2`, `e = s - y`: :math:`g = 2e`, :math:`h = 2`."""
-
-    def derivatives(labels, score):
-        g = score - labels
-        g *= 2.0
-        return _per_column(g, np.full(score.shape, 2.0))
-
-    return derivatives
-
-
-def _huber(delta=1.0):
-    r""":math:`\ell = \tfrac12 e^2` for :math:`|e| \le \delta`, else
-    :math:`\delta(|e| - \tfrac12\delta)`: :math:`g = e` or :math:`\delta\,\mathrm{sign}(e)`,
-    :math:`h = 1` or 0 (the quadratic branch at :math:`|e| = \delta`, as the functions'
-    `where` picks it)."""
-
-    def derivatives(labels, score):
-        e = score - labels
-        inside = np.abs(e) <= delta
-        return _per_column(np.where(inside, e, delta * np.sign(e)), inside.astype(np.float64))
-
-    return derivatives
-
-
-def _log_cosh():
-    r""":math:`\ell = \log\cosh e`: :math:`g = \tanh e`, :math:`h = 1 - \tanh^2 e`."""
-
-    def derivatives(labels, score):
-        g = np.subtract(score, labels)
-        np.tanh(g, out=g)
-        h = np.square(g)
-        np.subtract(1.0, h, out=h)
-        return _per_column(g, h)
-
-    return derivatives
-
-
 # Per-sample function -> entry(**its keyword parameters) -> derivatives(labels, score) or None.
 ENTRIES = {
-    keras.losses.binary_crossentropy: _binary_crossentropy,
-    classification.binary_crossentropy: _binary_crossentropy,
-    keras.losses.categorical_crossentropy: _softmax_crossentropy(sparse=False),
-    classification.categorical_crossentropy: _softmax_crossentropy(sparse=False),
-    keras.losses.sparse_categorical_crossentropy: _softmax_crossentropy(sparse=True),
-    classification.sparse_categorical_crossentropy: _softmax_crossentropy(sparse=True),
-    keras.losses.mean_squared_error: _squared_error,
-    regression.mse: _squared_error,
-    keras.losses.huber: _huber,
-    regression.huber: _huber,
-    keras.losses.log_cosh: _log_cosh,
-    regression.log_cosh: _log_cosh,
+    keras.losses.binary_crossentropy: _binary_entry,
+    classification.binary_crossentropy: _binary_entry,
+    keras.losses.categorical_crossentropy: _softmax_entry(sparse=False),
+    classification.categorical_crossentropy: _softmax_entry(sparse=False),
+    keras.losses.sparse_categorical_crossentropy: _softmax_entry(sparse=True),
+    classification.sparse_categorical_crossentropy: _softmax_entry(sparse=True),
+    keras.losses.mean_squared_error: _plain(squared_error),
+    regression.mse: _plain(squared_error),
+    keras.losses.huber: _huber_entry,
+    regression.huber: _huber_entry,
+    keras.losses.log_cosh: _plain(log_cosh),
+    regression.log_cosh: _plain(log_cosh),
 }
 
 

@@ -31,6 +31,8 @@ The loss sees the raw score: a loss that expects probabilities (`from_logits=Fal
 
 import contextlib
 import functools
+import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -38,8 +40,11 @@ from keras import ops
 
 from losskit import _closed_form_derivatives, _keras, backend
 from losskit.loss import FunctionLoss
+from losskit.losses import classification, divergence, regression, segmentation
 
 HESSIAN_POLICIES = ("exact", "clip", "gauss_newton")
+# A Hessian at or below this is no curvature for a Newton leaf (`Objective._warn_if_flat`).
+FLAT_HESSIAN = 1e-6
 
 
 def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64", derivatives="auto"):
@@ -97,6 +102,51 @@ def metric(loss):
     return Metric(loss)
 
 
+def _function_and_keywords(fn):
+    """`(function, keyword arguments)` of a plain function or a `functools.partial` of one."""
+    kwargs = {}
+    while isinstance(fn, functools.partial) and not fn.args:
+        kwargs = {**fn.keywords, **kwargs}
+        fn = fn.func
+    return fn, kwargs
+
+
+def _keyword(function, name, default=None):
+    """The value `function = (fn, kwargs)` uses for keyword parameter `name`: given, its
+    signature's default, or `default` when `fn` has no such parameter."""
+    fn, kwargs = function
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        parameter = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):  # a builtin or callable object without a signature
+        return default
+    return default if parameter is None else parameter.default
+
+
+# Per-sample functions whose `y_pred` is a probability (or a positive value) with no option to
+# take a raw score: a boosting score would be clipped into their domain, derivatives 0 there.
+# Losses with `from_logits` or `log_input` are told apart by that parameter instead.
+PROBABILITY_INPUTS = frozenset({
+    keras.losses.kl_divergence, keras.losses.poisson, keras.losses.dice, keras.losses.tversky,
+    keras.losses.mean_squared_logarithmic_error,
+    keras.losses.categorical_generalized_cross_entropy,
+    divergence.kl_divergence, divergence.js_divergence, divergence.generalized_kl,
+    regression.msle, segmentation.dice, segmentation.tversky, segmentation.focal_tversky,
+    segmentation.generalized_dice, classification.weighted_kappa,
+})
+
+
+def _sparse_labels(loss, function, kind):
+    """Whether the loss takes integer class indices: a losskit class or function says so
+    (`sparse_labels`, `register(shapes="sparse")`); Keras's are named `sparse_...`."""
+    if isinstance(loss, FunctionLoss):
+        return bool(loss.sparse_labels)
+    if function is not None and getattr(function[0], "shapes", None) == "sparse":
+        return True
+    return kind.lower().startswith(("sparse_", "sparsecategorical"))  # not "sparsemax"
+
+
 def _per_sample_values(loss, y_true, score):
     """`loss`'s per-sample values (`Loss.call`: no reduction, no cast to its dtype policy), with
     masked positions 0 as Keras's unreduced `__call__` gives them."""
@@ -116,21 +166,14 @@ class _Loss:
         self.dtype = dtype
         if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
             loss = loss()
-        if isinstance(loss, keras.losses.Loss):
-            config = loss.get_config()
-            self.name = loss.name
-            if config.get("from_logits") is False:
-                raise ValueError(
-                    f"losskit.boosting: loss '{self.name}' expects probabilities "
-                    "(from_logits=False), but a boosting library hands the loss the raw score "
-                    f"(a logit). Use {type(loss).__name__}(from_logits=True)."
-                )
-            self.binary_labels = "from_logits" in config  # cross-entropy-like: labels in [0, 1]
-            self.sparse = bool(getattr(loss, "sparse_labels", False)) or (
-                "sparse" in type(loss).__name__.lower()
+        if isinstance(loss, keras.metrics.Metric):
+            raise TypeError(
+                f"losskit.boosting: {type(loss).__name__} is a Keras metric (a running state), "
+                "not a loss: pass a keras.losses.Loss or a per-sample function fn(y_true, y_pred)"
             )
-            # A softmax over classes: one output column would give a constant loss.
-            self.categorical = self.sparse or "categorical" in type(loss).__name__.lower()
+        if isinstance(loss, keras.losses.Loss):
+            self.name = loss.name
+            kind = type(loss).__name__
             # The loss object itself, unreduced: rebuilding it from get_config() would lose the
             # parameters a config leaves out (Keras's Huber drops `delta`).
             self.fn = functools.partial(_per_sample_values, loss)
@@ -139,19 +182,47 @@ class _Loss:
                 type(loss).call is FunctionLoss.call
             ):
                 function = type(loss).fn, dict(loss.params)
+            from_logits = loss.get_config().get("from_logits")
         elif callable(loss):
-            self.name = getattr(loss, "__name__", type(loss).__name__)
-            self.binary_labels = False
-            self.sparse = False
-            self.categorical = False
+            function = _function_and_keywords(loss)
+            self.name = kind = getattr(function[0], "__name__", type(loss).__name__)
             self.fn = loss
-            function = loss, {}
+            from_logits = None
         else:
             raise TypeError(
                 "losskit.boosting: expected a keras.losses.Loss (instance or class) or a "
                 f"per-sample function fn(y_true, y_pred), got {loss!r}"
             )
+        if function is not None:
+            from_logits = _keyword(function, "from_logits", from_logits)
+            self._refuse_probability_inputs(function)
+        if from_logits is False:
+            fix = (f"{kind}(from_logits=True)" if isinstance(loss, keras.losses.Loss)
+                   else f"functools.partial({kind}, from_logits=True)")
+            raise ValueError(
+                f"losskit.boosting: loss '{self.name}' expects probabilities "
+                "(from_logits=False), but a boosting library hands the loss the raw score "
+                f"(a logit). Use {fix}."
+            )
+        self.binary_labels = from_logits is not None  # cross-entropy-like: labels in [0, 1]
+        self.sparse = _sparse_labels(loss, function, kind)
+        # A softmax over classes: one output column would give a constant loss.
+        self.categorical = self.sparse or "categorical" in kind.lower()
         self.closed_form = None if function is None else _closed_form_derivatives.lookup(*function)
+
+    def _refuse_probability_inputs(self, function):
+        if _keyword(function, "log_input") is False:
+            raise self.error(
+                "y_pred is a rate (> 0), but a boosting library hands the loss a raw score of "
+                "any sign; pass log_input=True (the score is then the log-rate)"
+            )
+        if function[0] in PROBABILITY_INPUTS:
+            raise self.error(
+                "it reads y_pred as probabilities or positive values and has no option to take "
+                "a raw score: a boosting score (any real number) would be clipped into its "
+                "domain, with derivatives 0 there, and train nothing. Use a loss of logits or "
+                "of the residual"
+            )
 
     def error(self, message):
         return ValueError(f"losskit.boosting: loss '{self.name}': {message}")
@@ -170,10 +241,18 @@ class _Loss:
                 "num_class=k in the library's parameters (XGBoost, LightGBM)"
             )
         y = np.asarray(y_true)
+        if y.dtype.kind not in "biuf":
+            raise self.error(f"labels must be numbers, got an array of dtype {y.dtype}")
         if y.shape[:1] != (n,):
             raise self.error(f"{y.shape[0] if y.ndim else 'no'} labels for {n} scores")
         if not np.isfinite(np.sum(score2)) and not np.all(np.isfinite(score2)):
             raise self.error("the scores contain NaN or inf")
+        if y.ndim == 2 and y.shape == score2.shape and k > 1 and self.sparse:
+            raise self.error(
+                f"a sparse loss takes class indices of shape ({n},), got labels of shape "
+                f"{y.shape}; pass the class indices, or use the non-sparse loss for one-hot "
+                "labels"
+            )
         if y.ndim == 2 and y.shape == score2.shape:
             labels = y.astype(np.float64)
         elif y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
@@ -251,12 +330,19 @@ class Objective:
                 f"losskit.boosting: min_hessian must be finite and >= 0, got {min_hessian!r}"
             )
         self.loss = _Loss(loss, dtype)
+        if hessian == "gauss_newton" and (self.loss.binary_labels or self.loss.categorical):
+            raise self.loss.error(
+                "hessian='gauss_newton' is the curvature of a loss of the residual "
+                "(regression); this loss takes logits or classes, whose exact Hessian is "
+                "positive: use hessian='exact'"
+            )
         self.closed_form = self.loss.closed_form if derivatives == "auto" else None
         self.hessian = hessian
         self.min_hessian = float(min_hessian)
         self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
         self._compiled = {}
         self._rows_checked = False
+        self._curvature_checked = False
 
     def __repr__(self):
         how = "closed-form" if self.closed_form is not None else "autodiff"
@@ -307,11 +393,32 @@ class Objective:
                 f"{row}: score {score2[row].tolist()}, label {np.asarray(labels[row]).tolist()})"
             )
         h = self._policy(h, g, labels, score2, h_min)
+        if not self._curvature_checked:
+            self._curvature_checked = True
+            self._warn_if_flat(g, h)
         if weight is not None:
             g = g * weight[:, None]
             h = h * weight[:, None]
         shape = np.shape(score)
         return g.reshape(shape), h.reshape(shape)
+
+    def _warn_if_flat(self, g, h, share=0.5):
+        """On the first call: a Hessian of (about) 0 where the gradient is not, on half of
+        the rows or more, makes Newton leaves step by -sum(g) / lambda there (Huber's or
+        smooth L1's linear tails far from the start, the MAE everywhere) and training can
+        diverge; the exact derivatives are right, the policy is what to change."""
+        moving = g != 0
+        flat = int(np.count_nonzero(moving & (h <= FLAT_HESSIAN)))
+        if flat and flat >= share * np.count_nonzero(moving):
+            warnings.warn(
+                f"losskit.boosting: loss '{self.loss.name}': the Hessian is 0 (<= {FLAT_HESSIAN})"
+                f" at {flat} of {np.count_nonzero(moving)} entries whose gradient is not (a "
+                "linear part of the loss): Newton leaves there step by -sum(g) / lambda and "
+                "training can diverge. Pass hessian='gauss_newton' (the curvature rho'(e) / e of "
+                "a loss of the residual) or hessian='clip' with a larger min_hessian.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _autodiff(self, labels, score):
         """`(g, h, sum(g) + sum(h), min(h))` by the backend's autodiff."""
@@ -331,8 +438,6 @@ class Objective:
         computed together. A loss that couples rows (batch statistics, in-batch pairs) would
         otherwise get a wrong Hessian diagonal (the derivative of the summed gradient) silently."""
         rows = min(rows, len(score))
-        if rows == len(score):
-            return
         try:
             together = self.loss.values(labels[:rows], score[:rows])
             alone = np.concatenate(
@@ -343,6 +448,12 @@ class Objective:
                 f"could not evaluate single rows ({err}); boosting needs a per-sample loss whose "
                 "row i depends on row i only"
             ) from err
+        if together.shape != (rows,) or alone.shape != (rows,):
+            raise self.loss.error(
+                f"{rows} rows gave values of shape {together.shape} together and "
+                f"{alone.shape} one by one, not one value per row; boosting needs a per-sample "
+                "loss (a reduction over another axis, e.g. axis=0, couples the rows)"
+            )
         if not np.allclose(together, alone, rtol=1e-6, atol=1e-12, equal_nan=True):
             raise self.loss.error(
                 "its per-sample values depend on other rows of the batch (row values "
