@@ -8,7 +8,7 @@ computes both by autodiff of the loss on the active Keras backend, in float64, a
 in each library's form; `metric(loss)` evaluates the loss the same way.
 
 ```python
-obj = losskit.boosting.objective(losskit.losses.Huber(delta=2.0))
+obj = losskit.boosting.objective(losskit.losses.Huber(delta=2.0), hessian="gauss_newton")
 booster = xgboost.train(params, dtrain, num_boost_round=200, obj=obj)   # (predt, DMatrix)
 xgboost.XGBRegressor(objective=obj)                                     # (y_true, y_pred, w)
 lightgbm.train({"objective": obj}, dset); lightgbm.LGBMRegressor(objective=obj)
@@ -58,9 +58,12 @@ def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64", deriv
             labels of shape `(n,)`, class indices (one-hot, or as they are for a sparse loss).
         hessian: how the second derivative is formed.
 
-            - `"exact"`: :math:`h = \partial^2 \ell / \partial s^2` by autodiff. A negative value
+            - `"exact"`: :math:`h = \partial^2 \ell / \partial s^2` as computed. A negative value
               (a non-convex loss such as `cauchy`, `general_robust` with `alpha < 1`) raises a
               `ValueError`: a tree leaf :math:`-\sum g / \sum h` would step uphill.
+              A Hessian of 0 where the gradient is not (Huber's or smooth L1's linear tails)
+              makes Newton leaves step by :math:`-\sum g / \lambda`; the first call warns when
+              that is half the rows or more: use `"gauss_newton"` for such losses.
             - `"clip"`: :math:`\max(h, \text{min\_hessian})`.
             - `"gauss_newton"`: for losses of the residual, :math:`\ell = \rho(e)`, `e = s - y`
               with :math:`\rho` a function of :math:`\tfrac12 e^2`: the generalised Gauss-Newton
