@@ -4,8 +4,10 @@ A gradient-boosting library grows each tree from the first and second derivative
 per-sample loss :math:`\ell_i(s_i)` with respect to the raw score :math:`s_i` (the margin, before
 any link): :math:`g_i = \partial\ell_i/\partial s_i`, :math:`h_i = \partial^2\ell_i/\partial s_i^2`
 (Chen & Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016, eq. 3). `objective(loss)`
-computes both by autodiff of the loss on the active Keras backend, in float64, and hands them over
-in each library's form; `metric(loss)` evaluates the loss the same way.
+computes both for the loss object given: in closed form for the common losses
+(`losskit._closed_form_derivatives`, as fast as the libraries' built-in objectives), by float64
+autodiff on the active Keras backend for every other one; and hands them over in each library's
+form. `metric(loss)` evaluates the loss the same way.
 
 ```python
 obj = losskit.boosting.objective(losskit.losses.Huber(delta=2.0), hessian="gauss_newton")
@@ -81,8 +83,8 @@ def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64", deriv
             binary, categorical and sparse categorical cross-entropy from logits, mean squared
             error, Huber and log-cosh, with their parameters (`_closed_form_derivatives`; each
             checked against autodiff in the tests). They cost what the libraries' built-in
-            objectives cost; autodiff costs 5-10 ms more a round at 200,000 rows. Every other
-            loss, and `"autodiff"`, uses autodiff.
+            objectives cost; autodiff costs 2-15 ms more a round at 200,000 rows, depending on
+            the loss and the backend. Every other loss, and `"autodiff"`, uses autodiff.
 
     Returns an `Objective`: call it as XGBoost or LightGBM calls an objective (native
     `(preds, DMatrix | Dataset)` or scikit-learn `(y_true, y_pred, sample_weight)`), or
