@@ -393,7 +393,7 @@ def test_flat_hessian_warns_once_and_gauss_newton_trains(data):
     y = 3.0 * data["regression"] + 20.0  # far from the starting score 0: Huber's linear tails
     huber = keras.losses.Huber(delta=2.0)
     obj = boosting.objective(huber)
-    with pytest.warns(UserWarning, match=r"'huber_loss': the Hessian is 0 .*gauss_newton"):
+    with pytest.warns(UserWarning, match=r"'huber_loss': the exact Hessian is 0 .*gauss_newton"):
         obj.gradients(y, np.zeros(len(y)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -401,6 +401,14 @@ def test_flat_hessian_warns_once_and_gauss_newton_trains(data):
         boosting.objective(keras.losses.MeanSquaredError()).gradients(y, np.zeros(len(y)))
         boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True)).gradients(
             data["binary"], np.zeros(len(y)))
+        # A saturated logistic start is flat too, but its curvature is exact (no advice to give);
+        # a chosen policy and rows of weight 0 do not warn.
+        boosting.objective(keras.losses.BinaryCrossentropy(from_logits=True)).gradients(
+            np.ones(10), np.full(10, -40.0))
+        boosting.objective(huber, hessian="clip").gradients(y, np.zeros(len(y)))
+        far, weight = np.full(len(y), 20.0), np.zeros(len(y))
+        far[0], weight[0] = 0.5, 1.0  # the one row that counts is in the quadratic part
+        boosting.objective(huber).gradients(far, np.zeros(len(y)), weight)
         newton = boosting.objective(huber, hessian="gauss_newton")
         dtrain = xgb.DMatrix(X, label=y, base_margin=np.zeros(len(y)))
         booster = xgb.train({"max_depth": 3, "eta": 0.3, "nthread": 1,
@@ -426,3 +434,65 @@ def test_more_bad_input_names_the_loss():
     coupled = boosting.objective(keras.losses.CategoricalCrossentropy(from_logits=True, axis=0))
     with pytest.raises(ValueError, match="not one value per row"):
         coupled.gradients(np.array([0, 1, 2]), np.zeros((3, 3)))
+
+
+def test_a_loss_that_ignores_the_score_warns():
+    """A loss of probabilities hidden in a plain function clips raw scores: g = 0 everywhere."""
+    hidden = lambda y_true, y_pred: keras.losses.binary_crossentropy(y_true, y_pred)  # noqa: E731
+    with pytest.warns(UserWarning, match="gradient is 0 at every entry"):
+        boosting.objective(hidden).gradients(np.array([0.0, 1.0, 1.0]),
+                                             np.array([-3.0, -1.0, -2.0]))
+
+
+def test_round_off_negative_hessians_are_not_non_convexity():
+    """float32 autodiff of Charbonnier's far tail (h ~ 1e-11) gave -2e-8: within round-off of
+    the largest |h| (1 / epsilon = 1000), so 0 under "exact"; Cauchy's real negatives raise."""
+    s = np.linspace(-60.0, 60.0, 4001)
+    y = np.zeros_like(s)
+    raw = boosting.objective(losskit.losses.Charbonnier(), dtype="float32")
+    assert raw._autodiff(*raw.loss.prepare(y, s, None)[:2])[1].min() < 0  # round-off, every backend
+    g, h = raw.gradients(y, s)
+    assert np.all(h >= 0)
+    with pytest.raises(ValueError, match="negative at"):
+        boosting.objective(losskit.losses.Cauchy()).gradients(y, s)
+
+
+def test_gauss_newton_only_for_losses_of_the_residual():
+    for loss in (losskit.losses.logistic_nll_logits, losskit.losses.PoissonNLL(log_input=True),
+                 keras.losses.Hinge(), keras.losses.SquaredHinge(),
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True)):
+        with pytest.raises(ValueError, match="curvature of a loss of the residual"):
+            boosting.objective(loss, hessian="gauss_newton")
+    for loss in (losskit.losses.Huber(), losskit.losses.Cauchy(), keras.losses.LogCosh(),
+                 losskit.losses.mse):
+        boosting.objective(loss, hessian="gauss_newton")
+
+
+def test_keras_metrics_are_not_losses():
+    for metric in (keras.metrics.AUC(), keras.metrics.AUC, keras.metrics.MeanSquaredError,
+                   keras.metrics.binary_accuracy):
+        with pytest.raises(TypeError, match="is a Keras metric, not a loss"):
+            boosting.objective(metric)
+    boosting.objective(keras.metrics.mean_squared_error)  # Keras's loss function, exported twice
+
+
+def test_coupled_rows_are_caught_whatever_the_first_rows():
+    """In-batch pair losses look independent on rows of one label: the check takes rows of
+    distinct labels and rows spread over the batch."""
+    rng = np.random.default_rng(0)
+    y = np.sort(rng.integers(0, 2, 50)).astype(float)[::-1].copy()  # first rows share a label
+    with pytest.raises(ValueError, match="depend on other rows"):
+        boosting.objective(keras.losses.Circle(), hessian="clip").gradients(
+            y, rng.normal(size=50))
+
+
+def test_sklearn_metric_pickles_with_the_model(data):
+    m = boosting.metric(losskit.losses.Huber(delta=2.0))
+    obj = boosting.objective(losskit.losses.Huber(delta=2.0), hessian="gauss_newton")
+    model = xgb.XGBRegressor(objective=obj, eval_metric=m.xgboost_sklearn, n_estimators=3,
+                             n_jobs=1).fit(data["X"], data["regression"])
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.predict(data["X"]), model.predict(data["X"]))
+    assert m.xgboost_sklearn.__name__ == "Huber"
+    with pytest.raises(ValueError, match="sample weights sum to 0"):
+        m.value(data["regression"], np.zeros(len(data["X"])), np.zeros(len(data["X"])))

@@ -42,11 +42,13 @@ from keras import ops
 
 from losskit import _closed_form_derivatives, _keras, backend
 from losskit.loss import FunctionLoss
-from losskit.losses import classification, divergence, regression, segmentation
+from losskit.losses import classification, divergence, probabilistic, regression, segmentation
 
 HESSIAN_POLICIES = ("exact", "clip", "gauss_newton")
 # A Hessian at or below this is no curvature for a Newton leaf (`Objective._warn_if_flat`).
 FLAT_HESSIAN = 1e-6
+# Negative Hessians within this many epsilons of the largest |h| are round-off, not curvature.
+ROUNDOFF_ULPS = 1024
 
 
 def objective(loss, *, hessian="exact", min_hessian=1e-6, dtype="float64", derivatives="auto"):
@@ -107,6 +109,17 @@ def metric(loss):
     return Metric(loss)
 
 
+def _is_keras_metric(obj):
+    """A Keras metric instance or class, or a function of Keras's metrics modules (Keras's loss
+    functions exported as metrics too live in its losses module and are losses)."""
+    if isinstance(obj, keras.metrics.Metric) or (
+        isinstance(obj, type) and issubclass(obj, keras.metrics.Metric)
+    ):
+        return True
+    fn = _function_and_keywords(obj)[0] if callable(obj) else obj
+    return getattr(fn, "__module__", "").startswith("keras.src.metrics")
+
+
 def _function_and_keywords(fn):
     """`(function, keyword arguments)` of a plain function or a `functools.partial` of one."""
     kwargs = {}
@@ -128,6 +141,13 @@ def _keyword(function, name, default=None):
         return default
     return default if parameter is None else parameter.default
 
+
+# Losses of a margin or a logit without a `from_logits` flag: not losses of the residual.
+NOT_RESIDUAL = frozenset({
+    keras.losses.hinge, keras.losses.squared_hinge, keras.losses.categorical_hinge,
+    classification.hinge, classification.squared_hinge, classification.multiclass_hinge,
+    probabilistic.logistic_nll_logits,
+})
 
 # Per-sample functions whose `y_pred` is a probability (or a positive value) with no option to
 # take a raw score: a boosting score would be clipped into their domain, derivatives 0 there.
@@ -171,10 +191,11 @@ class _Loss:
         self.dtype = dtype
         if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
             loss = loss()
-        if isinstance(loss, keras.metrics.Metric):
+        if _is_keras_metric(loss):
+            name = getattr(loss, "__name__", type(loss).__name__)
             raise TypeError(
-                f"losskit.boosting: {type(loss).__name__} is a Keras metric (a running state), "
-                "not a loss: pass a keras.losses.Loss or a per-sample function fn(y_true, y_pred)"
+                f"losskit.boosting: {name} is a Keras metric, not a loss: pass a "
+                "keras.losses.Loss or a per-sample function fn(y_true, y_pred)"
             )
         if isinstance(loss, keras.losses.Loss):
             self.name = loss.name
@@ -210,10 +231,23 @@ class _Loss:
                 f"(a logit). Use {fix}."
             )
         self.binary_labels = from_logits is not None  # cross-entropy-like: labels in [0, 1]
+        # A loss of the residual s - y (what hessian="gauss_newton" needs): not one of logits,
+        # log-rates, classes or margins.
+        self.residual = not (
+            from_logits is not None or self.categorical_name(kind)
+            or (function is not None and (
+                function[0] in NOT_RESIDUAL
+                or any(_keyword(function, key) is not None for key in ("log_input", "logits"))
+            ))
+        )
         self.sparse = _sparse_labels(loss, function, kind)
         # A softmax over classes: one output column would give a constant loss.
         self.categorical = self.sparse or "categorical" in kind.lower()
         self.closed_form = None if function is None else _closed_form_derivatives.lookup(*function)
+
+    @staticmethod
+    def categorical_name(kind):
+        return "categorical" in kind.lower() or kind.lower().startswith(("sparse_", "sparsecat"))
 
     def _refuse_probability_inputs(self, function):
         if _keyword(function, "log_input") is False:
@@ -335,19 +369,20 @@ class Objective:
                 f"losskit.boosting: min_hessian must be finite and >= 0, got {min_hessian!r}"
             )
         self.loss = _Loss(loss, dtype)
-        if hessian == "gauss_newton" and (self.loss.binary_labels or self.loss.categorical):
+        if hessian == "gauss_newton" and not self.loss.residual:
             raise self.loss.error(
                 "hessian='gauss_newton' is the curvature of a loss of the residual "
                 "(regression); this loss takes logits or classes, whose exact Hessian is "
                 "positive: use hessian='exact'"
             )
         self.closed_form = self.loss.closed_form if derivatives == "auto" else None
+        self.compute_dtype = "float64" if self.closed_form is not None else dtype
         self.hessian = hessian
         self.min_hessian = float(min_hessian)
         self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
         self._compiled = {}
         self._rows_checked = False
-        self._curvature_checked = False
+        self._first_call_checked = False
 
     def __repr__(self):
         how = "closed-form" if self.closed_form is not None else "autodiff"
@@ -398,29 +433,51 @@ class Objective:
                 f"{row}: score {score2[row].tolist()}, label {np.asarray(labels[row]).tolist()})"
             )
         h = self._policy(h, g, labels, score2, h_min)
-        if not self._curvature_checked:
-            self._curvature_checked = True
-            self._warn_if_flat(g, h)
+        if not self._first_call_checked:
+            self._first_call_checked = True
+            self._first_call_warnings(g, h, weight)
         if weight is not None:
             g = g * weight[:, None]
             h = h * weight[:, None]
         shape = np.shape(score)
         return g.reshape(shape), h.reshape(shape)
 
-    def _warn_if_flat(self, g, h, share=0.5):
-        """On the first call: a Hessian of (about) 0 where the gradient is not, on half of
-        the rows or more, makes Newton leaves step by -sum(g) / lambda there (Huber's or
-        smooth L1's linear tails far from the start, the MAE everywhere) and training can
-        diverge; the exact derivatives are right, the policy is what to change."""
-        moving = g != 0
-        flat = int(np.count_nonzero(moving & (h <= FLAT_HESSIAN)))
-        if flat and flat >= share * np.count_nonzero(moving):
+    def _first_call_warnings(self, g, h, weight, share=0.5):
+        """Once per objective, on the first call (every score at the start, often 0):
+
+        - a gradient of 0 at every entry: the loss does not respond to the score (a loss of
+          probabilities hidden in a function, a cosine similarity of one output) and the trees
+          would not move;
+        - under `"exact"`, for a loss of the residual, a Hessian of (about) 0 where the gradient
+          is not on half the entries or more: Newton leaves step by -sum(g) / lambda there
+          (Huber's or smooth L1's linear tails, log-cosh's far tails, the MAE) and training
+          diverges or stalls; the derivatives are right, the policy is what to change.
+
+        Rows of weight 0 do not count."""
+        live = np.ones(g.shape, bool) if weight is None else np.broadcast_to(
+            weight[:, None] > 0, g.shape)
+        moving = live & (g != 0)
+        count = int(np.count_nonzero(moving))
+        owner = f"losskit.boosting: loss '{self.loss.name}'"
+        if count == 0 and live.any():
             warnings.warn(
-                f"losskit.boosting: loss '{self.loss.name}': the Hessian is 0 (<= {FLAT_HESSIAN})"
-                f" at {flat} of {np.count_nonzero(moving)} entries whose gradient is not (a "
-                "linear part of the loss): Newton leaves there step by -sum(g) / lambda and "
-                "training can diverge. Pass hessian='gauss_newton' (the curvature rho'(e) / e of "
-                "a loss of the residual) or hessian='clip' with a larger min_hessian.",
+                f"{owner}: the gradient is 0 at every entry of the first call: the loss does not "
+                "respond to the raw score here (a loss of probabilities or of several outputs "
+                "given one?), and the trees will not move.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
+        if self.hessian != "exact" or not self.loss.residual:
+            return
+        flat = int(np.count_nonzero(moving & (h <= FLAT_HESSIAN)))
+        if flat and flat >= share * count:
+            warnings.warn(
+                f"{owner}: the exact Hessian is 0 (<= {FLAT_HESSIAN}) at {flat} of {count} "
+                "entries whose gradient is not (a linear part of the loss, or a far tail): "
+                "Newton leaves there step by -sum(g) / lambda, and training can diverge or "
+                "stall. Pass hessian='gauss_newton' (the curvature rho'(e) / e of a loss of the "
+                "residual).",
                 UserWarning,
                 stacklevel=4,
             )
@@ -438,13 +495,19 @@ class Objective:
             h = np.asarray(ops.convert_to_numpy(h), dtype=np.float64)
             return g, h, float(ops.convert_to_numpy(total)), float(ops.convert_to_numpy(h_min))
 
-    def _check_rows_independent(self, labels, score, rows=3):
-        """Once per objective: the first rows' values computed one by one equal their values
-        computed together. A loss that couples rows (batch statistics, in-batch pairs) would
-        otherwise get a wrong Hessian diagonal (the derivative of the summed gradient) silently."""
-        rows = min(rows, len(score))
+    def _check_rows_independent(self, labels, score):
+        """Once per objective: some rows' values computed one by one equal their values computed
+        together. A loss that couples rows (batch statistics, in-batch pairs) would otherwise get
+        a wrong Hessian diagonal (the derivative of the summed gradient) silently. The rows are
+        the first of up to four distinct labels and rows spread over the batch: in-batch pairs
+        of one label alone may not show the coupling."""
+        n = len(score)
+        _, first = np.unique(labels.reshape(n, -1), axis=0, return_index=True)
+        picked = np.unique(np.concatenate([np.sort(first)[:4],
+                                           np.linspace(0, n - 1, min(n, 4)).astype(int)]))
+        labels, score, rows = labels[picked], score[picked], len(picked)
         try:
-            together = self.loss.values(labels[:rows], score[:rows])
+            together = self.loss.values(labels, score)
             alone = np.concatenate(
                 [self.loss.values(labels[i:i + 1], score[i:i + 1]) for i in range(rows)]
             )
@@ -469,7 +532,13 @@ class Objective:
     def _policy(self, h, g, labels, score, h_min):
         if self.hessian == "exact":
             if h_min < 0:
-                negative = h < 0
+                # Round-off of a convex loss's Hessian (float32 autodiff of a tail that is 1e-11
+                # came out -2e-8) is not non-convexity: negatives within it count as 0.
+                scale = float(np.max(np.abs(h)))
+                roundoff = ROUNDOFF_ULPS * np.finfo(self.compute_dtype).eps * scale
+                if h_min >= -roundoff:
+                    return np.maximum(h, 0.0)
+                negative = h < -roundoff
                 raise self.loss.error(
                     f"the exact Hessian is negative at {int(negative.sum())} of {h.size} entries "
                     f"(min {h.min():.3g}): the loss is not convex there. Pass "
@@ -522,6 +591,10 @@ class CatBoostObjective:
         return (-g[0]).tolist(), np.diag(-h[0]).tolist()
 
 
+def _metric_value(metric, y_true, y_pred, sample_weight=None):
+    return metric.value(y_true, y_pred, sample_weight)
+
+
 class Metric:
     """A loss as an evaluation metric; see `metric`."""
 
@@ -535,7 +608,10 @@ class Metric:
         values = self.loss.values(labels, score2)
         if weight is None:
             return float(values.mean())
-        return float(np.sum(values * weight) / np.sum(weight))
+        total = np.sum(weight)
+        if total == 0:
+            raise self.loss.error("the sample weights sum to 0: the weighted mean is undefined")
+        return float(np.sum(values * weight) / total)
 
     def __call__(self, preds, data):
         value = self.value(data.get_label(), preds, data.get_weight())
@@ -546,15 +622,13 @@ class Metric:
     @property
     def xgboost_sklearn(self):
         """XGBoost scikit-learn `eval_metric=`: `fn(y_true, y_pred, sample_weight=None)` -> the
-        value, named after the loss (XGBoost logs the function's `__name__`)."""
-
-        def fn(y_true, y_pred, sample_weight=None):
-            return self.value(y_true, y_pred, sample_weight)
-
+        value, named after the loss (XGBoost logs the function's `__name__`); it pickles with
+        the model, which keeps it in its parameters."""
+        fn = functools.partial(_metric_value, self)
         fn.__name__ = self.loss.name
         return fn
 
-    def lightgbm_sklearn(self, y_true, y_pred, weight):
+    def lightgbm_sklearn(self, y_true, y_pred, weight=None):
         """LightGBM scikit-learn `eval_metric=`: `(name, value, is_higher_better)`."""
         return self.loss.name, self.value(y_true, y_pred, weight), False
 
