@@ -393,7 +393,7 @@ def test_flat_hessian_warns_once_and_gauss_newton_trains(data):
     y = 3.0 * data["regression"] + 20.0  # far from the starting score 0: Huber's linear tails
     huber = keras.losses.Huber(delta=2.0)
     obj = boosting.objective(huber)
-    with pytest.warns(UserWarning, match=r"'huber_loss': the exact Hessian is 0 .*gauss_newton"):
+    with pytest.warns(UserWarning, match=r"'huber_loss': the exact Hessian is about 0 .*gauss_n"):
         obj.gradients(y, np.zeros(len(y)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -437,16 +437,30 @@ def test_more_bad_input_names_the_loss():
 
 
 def test_a_loss_that_ignores_the_score_warns():
-    """A loss of probabilities hidden in a plain function clips raw scores: g = 0 everywhere."""
+    """A loss of probabilities hidden in a plain function clips raw scores: g = 0 everywhere;
+    so does a loss with no path from the score at all (torch raised its own error there)."""
     hidden = lambda y_true, y_pred: keras.losses.binary_crossentropy(y_true, y_pred)  # noqa: E731
-    with pytest.warns(UserWarning, match="gradient is 0 at every entry"):
-        boosting.objective(hidden).gradients(np.array([0.0, 1.0, 1.0]),
-                                             np.array([-3.0, -1.0, -2.0]))
+    detached = lambda y_true, y_pred: ops.mean(  # noqa: E731
+        ops.square(ops.stop_gradient(y_pred) - y_true), axis=-1)
+    for loss in (hidden, detached):
+        with pytest.warns(UserWarning, match="gradient is 0 at every entry"):
+            g, h = boosting.objective(loss).gradients(np.array([0.0, 1.0, 1.0]),
+                                                      np.array([-3.0, -1.0, -2.0]))
+        assert not g.any() and not h.any()
+
+
+def test_pseudo_huber_far_from_the_start_warns():
+    """Its Hessian (1 + e^2)^(-3/2) is 1e-4 at |e| = 20: not 0, but no curvature beside lambda."""
+    with pytest.warns(UserWarning, match="exact Hessian is about 0"):
+        boosting.objective(losskit.losses.GeneralRobust(alpha=1.0)).gradients(
+            np.full(10, 20.0), np.zeros(10))
 
 
 def test_round_off_negative_hessians_are_not_non_convexity():
     """float32 autodiff of Charbonnier's far tail (h ~ 1e-11) gave -2e-8: within round-off of
     the largest |h| (1 / epsilon = 1000), so 0 under "exact"; Cauchy's real negatives raise."""
+    far = np.full(8, 20.0) + 0.1 * np.arange(8)  # every row far: the largest |h| is tiny too
+    boosting.objective(losskit.losses.Charbonnier(), dtype="float32").gradients(far, np.zeros(8))
     s = np.linspace(-60.0, 60.0, 4001)
     y = np.zeros_like(s)
     raw = boosting.objective(losskit.losses.Charbonnier(), dtype="float32")
@@ -460,11 +474,15 @@ def test_round_off_negative_hessians_are_not_non_convexity():
 def test_gauss_newton_only_for_losses_of_the_residual():
     for loss in (losskit.losses.logistic_nll_logits, losskit.losses.PoissonNLL(log_input=True),
                  keras.losses.Hinge(), keras.losses.SquaredHinge(),
-                 keras.losses.SparseCategoricalCrossentropy(from_logits=True)):
+                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                 losskit.losses.LovaszHinge(), losskit.losses.SparsemaxLoss(),
+                 losskit.losses.PairwiseLogistic(), keras.losses.CosineSimilarity(),
+                 losskit.losses.CosineSimilarity()):
         with pytest.raises(ValueError, match="curvature of a loss of the residual"):
             boosting.objective(loss, hessian="gauss_newton")
     for loss in (losskit.losses.Huber(), losskit.losses.Cauchy(), keras.losses.LogCosh(),
-                 losskit.losses.mse):
+                 losskit.losses.mse, keras.losses.MeanAbsoluteError(), losskit.losses.Pinball(),
+                 half_squared_error):  # the last: a user's own loss, taken at its word
         boosting.objective(loss, hessian="gauss_newton")
 
 
@@ -484,6 +502,15 @@ def test_coupled_rows_are_caught_whatever_the_first_rows():
     with pytest.raises(ValueError, match="depend on other rows"):
         boosting.objective(keras.losses.Circle(), hessian="clip").gradients(
             y, rng.normal(size=50))
+    # A first call that proves nothing (one row, one label) leaves the check for the next.
+    centred = boosting.objective(
+        lambda y, p: ops.mean(ops.square(p - ops.mean(p, axis=0, keepdims=True) - y), axis=-1))
+    with pytest.warns(UserWarning, match="gradient is 0"):
+        centred.gradients(np.array([1.0]), np.array([0.3]))
+    with pytest.raises(ValueError, match="depend on other rows"):
+        centred.gradients(rng.normal(size=40), rng.normal(size=40))
+    with pytest.raises(ValueError, match="depend on other rows"):  # the metric checks too
+        boosting.metric(keras.losses.Circle()).value(y, rng.normal(size=50))
 
 
 def test_sklearn_metric_pickles_with_the_model(data):

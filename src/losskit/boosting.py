@@ -42,12 +42,16 @@ from keras import ops
 
 from losskit import _closed_form_derivatives, _keras, backend
 from losskit.loss import FunctionLoss
-from losskit.losses import classification, divergence, probabilistic, regression, segmentation
+from losskit.losses import classification, divergence, regression, segmentation
+from losskit.losses._common import FUNCTIONS
 
 HESSIAN_POLICIES = ("exact", "clip", "gauss_newton")
-# A Hessian at or below this is no curvature for a Newton leaf (`Objective._warn_if_flat`).
-FLAT_HESSIAN = 1e-6
-# Negative Hessians within this many epsilons of the largest |h| are round-off, not curvature.
+# A Hessian at or below this is next to no curvature for a Newton leaf whose denominator also
+# holds XGBoost's `lambda` (1 by default): the step is then -sum(g) / lambda
+# (`Objective._first_call_warnings`).
+FLAT_HESSIAN = 1e-3
+# Negative Hessians within this many epsilons of the largest |h| or |g| are round-off, not
+# curvature (autodiff's second derivative cancels terms of the gradient's size).
 ROUNDOFF_ULPS = 1024
 
 
@@ -109,6 +113,11 @@ def metric(loss):
     return Metric(loss)
 
 
+def _is_library(fn):
+    """A loss function of Keras or losskit (not the user's own)."""
+    return fn in LIBRARY_FUNCTIONS or getattr(fn, "__module__", "").startswith("keras.")
+
+
 def _is_keras_metric(obj):
     """A Keras metric instance or class, or a function of Keras's metrics modules (Keras's loss
     functions exported as metrics too live in its losses module and are losses)."""
@@ -142,12 +151,17 @@ def _keyword(function, name, default=None):
     return default if parameter is None else parameter.default
 
 
-# Losses of a margin or a logit without a `from_logits` flag: not losses of the residual.
-NOT_RESIDUAL = frozenset({
-    keras.losses.hinge, keras.losses.squared_hinge, keras.losses.categorical_hinge,
-    classification.hinge, classification.squared_hinge, classification.multiclass_hinge,
-    probabilistic.logistic_nll_logits,
+# The Keras and losskit losses of the residual s - y, rho(s - y) (what hessian="gauss_newton" and
+# the flat-Hessian warning are about). Every other library loss takes logits, classes, margins,
+# rankings or directions; a user's own loss is taken as one of the residual unless it has a
+# `from_logits`, `log_input` or `logits` parameter or a categorical name.
+RESIDUAL = frozenset({
+    keras.losses.mean_squared_error, keras.losses.mean_absolute_error,
+    keras.losses.mean_absolute_percentage_error, keras.losses.huber, keras.losses.log_cosh,
+    *(fn for name, (family, fn) in FUNCTIONS.items()
+      if family == "regression" and name != "cosine_similarity"),
 })
+LIBRARY_FUNCTIONS = frozenset(fn for _, fn in FUNCTIONS.values())
 
 # Per-sample functions whose `y_pred` is a probability (or a positive value) with no option to
 # take a raw score: a boosting score would be clipped into their domain, derivatives 0 there.
@@ -189,6 +203,7 @@ class _Loss:
                 f"losskit.boosting: dtype must be 'float64' or 'float32', got {dtype!r}"
             )
         self.dtype = dtype
+        self.rows_seen = self.rows_independent = False  # check_rows_independent's progress
         if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
             loss = loss()
         if _is_keras_metric(loss):
@@ -235,8 +250,8 @@ class _Loss:
         # log-rates, classes or margins.
         self.residual = not (
             from_logits is not None or self.categorical_name(kind)
-            or (function is not None and (
-                function[0] in NOT_RESIDUAL
+            or (function is not None and function[0] not in RESIDUAL and (
+                _is_library(function[0])
                 or any(_keyword(function, key) is not None for key in ("log_input", "logits"))
             ))
         )
@@ -265,6 +280,48 @@ class _Loss:
 
     def error(self, message):
         return ValueError(f"losskit.boosting: loss '{self.name}': {message}")
+
+    def check_rows_independent(self, labels, score):
+        """Some rows' values computed one by one equal their values computed together. A loss
+        that couples rows (batch statistics, in-batch pairs) would otherwise get a wrong Hessian
+        diagonal (the derivative of the summed gradient) and a wrong metric silently. The rows
+        are the first of up to four distinct labels and rows spread over the batch: in-batch
+        pairs of one label alone may not show the coupling. Run on every call until one had two
+        rows or more of two labels or more (a single row, or one label, proves nothing), then
+        never again: the libraries call with the same labels every round."""
+        if self.rows_independent:
+            return
+        n = len(score)
+        if n < 2 or (self.rows_seen and np.all(labels == labels[:1])):
+            return  # no new evidence: a first one-label call was checked already
+        _, first = np.unique(labels.reshape(n, -1), axis=0, return_index=True)
+        picked = np.unique(np.concatenate([np.sort(first)[:4],
+                                           np.linspace(0, n - 1, min(n, 4)).astype(int)]))
+        labels, score, rows = labels[picked], score[picked], len(picked)
+        self.rows_seen = True
+        try:
+            together = self.values(labels, score)
+            alone = np.concatenate(
+                [self.values(labels[i:i + 1], score[i:i + 1]) for i in range(rows)]
+            )
+        except Exception as err:  # e.g. a loss that needs several rows at once
+            raise self.error(
+                f"could not evaluate single rows ({err}); boosting needs a per-sample loss whose "
+                "row i depends on row i only"
+            ) from err
+        if together.shape != (rows,) or alone.shape != (rows,):
+            raise self.error(
+                f"{rows} rows gave values of shape {together.shape} together and "
+                f"{alone.shape} one by one, not one value per row; boosting needs a per-sample "
+                "loss (a reduction over another axis, e.g. axis=0, couples the rows)"
+            )
+        if not np.allclose(together, alone, rtol=1e-6, atol=1e-12, equal_nan=True):
+            raise self.error(
+                "its per-sample values depend on other rows of the batch (row values "
+                f"{alone.tolist()} alone, {together.tolist()} together); boosting needs a "
+                "per-sample loss whose row i depends on row i only"
+            )
+        self.rows_independent = len(first) >= 2
 
     def prepare(self, y_true, score, sample_weight):
         """Checked float64 `(labels, score (n, k), weights or None)` as NumPy arrays."""
@@ -372,8 +429,8 @@ class Objective:
         if hessian == "gauss_newton" and not self.loss.residual:
             raise self.loss.error(
                 "hessian='gauss_newton' is the curvature of a loss of the residual "
-                "(regression); this loss takes logits or classes, whose exact Hessian is "
-                "positive: use hessian='exact'"
+                "(regression); this loss is not one (it takes logits, classes, margins, rankings "
+                "or directions): use hessian='exact' or 'clip'"
             )
         self.closed_form = self.loss.closed_form if derivatives == "auto" else None
         self.compute_dtype = "float64" if self.closed_form is not None else dtype
@@ -381,7 +438,6 @@ class Objective:
         self.min_hessian = float(min_hessian)
         self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
         self._compiled = {}
-        self._rows_checked = False
         self._first_call_checked = False
 
     def __repr__(self):
@@ -473,7 +529,7 @@ class Objective:
         flat = int(np.count_nonzero(moving & (h <= FLAT_HESSIAN)))
         if flat and flat >= share * count:
             warnings.warn(
-                f"{owner}: the exact Hessian is 0 (<= {FLAT_HESSIAN}) at {flat} of {count} "
+                f"{owner}: the exact Hessian is about 0 (<= {FLAT_HESSIAN}) at {flat} of {count} "
                 "entries whose gradient is not (a linear part of the loss, or a far tail): "
                 "Newton leaves there step by -sum(g) / lambda, and training can diverge or "
                 "stall. Pass hessian='gauss_newton' (the curvature rho'(e) / e of a loss of the "
@@ -484,9 +540,7 @@ class Objective:
 
     def _autodiff(self, labels, score):
         """`(g, h, sum(g) + sum(h), min(h))` by the backend's autodiff."""
-        if not self._rows_checked:
-            self._check_rows_independent(labels, score)
-            self._rows_checked = True
+        self.loss.check_rows_independent(labels, score)
         with self.loss.scope():
             g, h, total, h_min = self._derivative_fn(score.shape[1])(
                 *self.loss.tensors(labels, score)
@@ -495,46 +549,12 @@ class Objective:
             h = np.asarray(ops.convert_to_numpy(h), dtype=np.float64)
             return g, h, float(ops.convert_to_numpy(total)), float(ops.convert_to_numpy(h_min))
 
-    def _check_rows_independent(self, labels, score):
-        """Once per objective: some rows' values computed one by one equal their values computed
-        together. A loss that couples rows (batch statistics, in-batch pairs) would otherwise get
-        a wrong Hessian diagonal (the derivative of the summed gradient) silently. The rows are
-        the first of up to four distinct labels and rows spread over the batch: in-batch pairs
-        of one label alone may not show the coupling."""
-        n = len(score)
-        _, first = np.unique(labels.reshape(n, -1), axis=0, return_index=True)
-        picked = np.unique(np.concatenate([np.sort(first)[:4],
-                                           np.linspace(0, n - 1, min(n, 4)).astype(int)]))
-        labels, score, rows = labels[picked], score[picked], len(picked)
-        try:
-            together = self.loss.values(labels, score)
-            alone = np.concatenate(
-                [self.loss.values(labels[i:i + 1], score[i:i + 1]) for i in range(rows)]
-            )
-        except Exception as err:  # e.g. a loss that needs several rows at once
-            raise self.loss.error(
-                f"could not evaluate single rows ({err}); boosting needs a per-sample loss whose "
-                "row i depends on row i only"
-            ) from err
-        if together.shape != (rows,) or alone.shape != (rows,):
-            raise self.loss.error(
-                f"{rows} rows gave values of shape {together.shape} together and "
-                f"{alone.shape} one by one, not one value per row; boosting needs a per-sample "
-                "loss (a reduction over another axis, e.g. axis=0, couples the rows)"
-            )
-        if not np.allclose(together, alone, rtol=1e-6, atol=1e-12, equal_nan=True):
-            raise self.loss.error(
-                "its per-sample values depend on other rows of the batch (row values "
-                f"{alone.tolist()} alone, {together.tolist()} together); boosting needs a "
-                "per-sample loss whose row i depends on row i only"
-            )
-
     def _policy(self, h, g, labels, score, h_min):
         if self.hessian == "exact":
             if h_min < 0:
                 # Round-off of a convex loss's Hessian (float32 autodiff of a tail that is 1e-11
                 # came out -2e-8) is not non-convexity: negatives within it count as 0.
-                scale = float(np.max(np.abs(h)))
+                scale = max(float(np.max(np.abs(h))), float(np.max(np.abs(g))))
                 roundoff = ROUNDOFF_ULPS * np.finfo(self.compute_dtype).eps * scale
                 if h_min >= -roundoff:
                     return np.maximum(h, 0.0)
@@ -605,6 +625,7 @@ class Metric:
     def value(self, y_true, score, sample_weight=None):
         """The (weighted) mean per-sample loss at the raw scores."""
         labels, score2, weight = self.loss.prepare(y_true, score, sample_weight)
+        self.loss.check_rows_independent(labels, score2)
         values = self.loss.values(labels, score2)
         if weight is None:
             return float(values.mean())

@@ -71,7 +71,10 @@ def score_derivatives(fn, score, constants):
     score = score.detach().requires_grad_(True)
     with torch.enable_grad():
         total = fn(score, *constants).sum()
-        (grad,) = torch.autograd.grad(total, score, create_graph=True)
+        (grad,) = (torch.autograd.grad(total, score, create_graph=True, allow_unused=True)
+                   if total.requires_grad else (None,))
+        if grad is None:  # no path from the score (constants, stop_gradient): both are 0
+            return torch.zeros_like(score).detach(), torch.zeros_like(score).detach()
         columns = []
         for j in range(score.shape[-1]):
             column = None
