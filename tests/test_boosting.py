@@ -7,6 +7,7 @@ weights applied once; the Hessian policy; errors naming the loss.
 """
 
 import copy
+import functools
 import pickle
 import warnings
 
@@ -492,6 +493,10 @@ def test_keras_metrics_are_not_losses():
         with pytest.raises(TypeError, match="is a Keras metric, not a loss"):
             boosting.objective(metric)
     boosting.objective(keras.metrics.mean_squared_error)  # Keras's loss function, exported twice
+    with pytest.raises(TypeError, match="binary_accuracy is a Keras metric"):
+        boosting.objective(functools.partial(keras.metrics.binary_accuracy, threshold=0.0))
+    with pytest.raises(ValueError, match="one score per class"):  # a loss over classes
+        boosting.objective(losskit.losses.SparsemaxLoss()).gradients(np.zeros(3), np.zeros(3))
 
 
 def test_coupled_rows_are_caught_whatever_the_first_rows():

@@ -207,7 +207,8 @@ class _Loss:
         if isinstance(loss, type) and issubclass(loss, keras.losses.Loss):
             loss = loss()
         if _is_keras_metric(loss):
-            name = getattr(loss, "__name__", type(loss).__name__)
+            named = _function_and_keywords(loss)[0] if callable(loss) else loss
+            name = getattr(named, "__name__", type(loss).__name__)
             raise TypeError(
                 f"losskit.boosting: {name} is a Keras metric, not a loss: pass a "
                 "keras.losses.Loss or a per-sample function fn(y_true, y_pred)"
@@ -256,8 +257,10 @@ class _Loss:
             ))
         )
         self.sparse = _sparse_labels(loss, function, kind)
-        # A softmax over classes: one output column would give a constant loss.
-        self.categorical = self.sparse or "categorical" in kind.lower()
+        # A softmax (or sparsemax, multi-class margin) over classes: one output column would give
+        # a constant loss.
+        self.categorical = self.sparse or any(
+            word in kind.lower() for word in ("categorical", "sparsemax", "multiclass"))
         self.closed_form = None if function is None else _closed_form_derivatives.lookup(*function)
 
     @staticmethod
