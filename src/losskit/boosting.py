@@ -247,25 +247,21 @@ class _Loss:
                 f"(a logit). Use {fix}."
             )
         self.binary_labels = from_logits is not None  # cross-entropy-like: labels in [0, 1]
-        # A loss of the residual s - y (what hessian="gauss_newton" needs): not one of logits,
-        # log-rates, classes or margins.
-        self.residual = not (
-            from_logits is not None or self.categorical_name(kind)
-            or (function is not None and function[0] not in RESIDUAL and (
-                _is_library(function[0])
-                or any(_keyword(function, key) is not None for key in ("log_input", "logits"))
-            ))
-        )
         self.sparse = _sparse_labels(loss, function, kind)
         # A softmax (or sparsemax, multi-class margin) over classes: one output column would give
         # a constant loss.
         self.categorical = self.sparse or any(
             word in kind.lower() for word in ("categorical", "sparsemax", "multiclass"))
+        # A loss of the residual s - y (what hessian="gauss_newton" needs): not one of logits,
+        # log-rates, classes or margins.
+        self.residual = not (
+            from_logits is not None or self.categorical
+            or (function is not None and function[0] not in RESIDUAL and (
+                _is_library(function[0])
+                or any(_keyword(function, key) is not None for key in ("log_input", "logits"))
+            ))
+        )
         self.closed_form = None if function is None else _closed_form_derivatives.lookup(*function)
-
-    @staticmethod
-    def categorical_name(kind):
-        return "categorical" in kind.lower() or kind.lower().startswith(("sparse_", "sparsecat"))
 
     def _refuse_probability_inputs(self, function):
         if _keyword(function, "log_input") is False:
@@ -436,7 +432,6 @@ class Objective:
                 "or directions): use hessian='exact' or 'clip'"
             )
         self.closed_form = self.loss.closed_form if derivatives == "auto" else None
-        self.compute_dtype = "float64" if self.closed_form is not None else dtype
         self.hessian = hessian
         self.min_hessian = float(min_hessian)
         self.__name__ = self.loss.name  # XGBoost's sklearn wrapper and logs read it
@@ -558,7 +553,9 @@ class Objective:
                 # Round-off of a convex loss's Hessian (float32 autodiff of a tail that is 1e-11
                 # came out -2e-8) is not non-convexity: negatives within it count as 0.
                 scale = max(float(np.max(np.abs(h))), float(np.max(np.abs(g))))
-                roundoff = ROUNDOFF_ULPS * np.finfo(self.compute_dtype).eps * scale
+                # Closed forms run in float64; autodiff in the loss's dtype.
+                dtype = "float64" if self.closed_form is not None else self.loss.dtype
+                roundoff = ROUNDOFF_ULPS * np.finfo(dtype).eps * scale
                 if h_min >= -roundoff:
                     return np.maximum(h, 0.0)
                 negative = h < -roundoff
